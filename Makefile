@@ -1,0 +1,59 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both install what is missing (Debian packages, a virtualenv) and are idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= /usr/bin/python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+DEB_PKGS    := python3 python3-venv ca-certificates iproute2 libseccomp2 busybox-static \
+               runc crun umoci podman conmon uidmap skopeo hyperfine
+CACHE       ?= /var/cache/dockyard-test
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv demo test lint images bench clean
+
+help:
+	@echo "make demo   install what is missing, then run the demo"
+	@echo "make test   install what is missing, then run lint, types and the test suite"
+
+# Debian packages: only the missing ones are installed, so a second run is fast.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	# setuptools' .pth adds an import to every interpreter start; nothing here needs it.
+	$(VPY) -m pip uninstall -q -y setuptools 2>/dev/null || true
+	touch $@
+
+venv: deps $(VENV)/.installed
+
+images: venv
+	$(VPY) scripts/build_test_images.py --cache $(CACHE)
+
+demo: venv images
+	$(VPY) scripts/demo.py --cache $(CACHE)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/mypy
+
+test: venv images lint
+	DOCKYARD_TEST_CACHE=$(CACHE) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: venv images
+	$(VPY) bench/runtime_start.py --cache $(CACHE)
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Typed models and constants of the OCI formats. Pure: no I/O."""

@@ -1,0 +1,431 @@
+"""`dockyard-runtime`: runc's command line over dockyard.runtime.container.
+
+Thin by design: parse, call the library, print. One small function per verb.
+Errors are one line on stderr (and in --log, as text or JSON), exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from dockyard.runtime.errors import RuntimeFailure
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import Any
+
+    from dockyard.runtime.container import Options
+    from dockyard.runtime.state import StateRoot
+
+_FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="dockyard-runtime", description="An OCI runtime (runc-compatible).")
+    p.add_argument("--root", default=None, help="state directory (default /run/dockyard-runtime)")
+    p.add_argument("--log", default=None, help="also write errors to this file")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--debug", action="store_true")
+    p.add_argument("--systemd-cgroup", action="store_true", help="accepted; cgroupfs is used")
+    p.add_argument("--rootless", default=None, help="accepted for runc compatibility")
+    p.add_argument("--criu", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-v", "--version", action="store_true")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def verb(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    def create_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-b", "--bundle", default=".")
+        sp.add_argument("--pid-file")
+        sp.add_argument("--console-socket")
+        sp.add_argument("--no-pivot", action="store_true")
+        sp.add_argument("--no-new-keyring", action="store_true")
+        sp.add_argument("--preserve-fds", type=int, default=0)
+        sp.add_argument("id")
+
+    create_flags(verb("create", _create, "create a container"))
+    sp = verb("run", _run, "create, start and wait for a container")
+    sp.add_argument("-d", "--detach", action="store_true")
+    sp.add_argument("--keep", action="store_true", help="don't delete the container after it exits")
+    create_flags(sp)
+    verb("start", _start, "start a created container").add_argument("id")
+    verb("state", _state, "print a container's state").add_argument("id")
+    sp = verb("kill", _kill, "send a signal to a container")
+    sp.add_argument("-a", "--all", action="store_true")
+    sp.add_argument("id")
+    sp.add_argument("signal", nargs="?", default="SIGTERM")
+    sp = verb("delete", _delete, "delete a container")
+    sp.add_argument("-f", "--force", action="store_true")
+    sp.add_argument("id")
+    sp = verb("exec", _exec, "run a process in a container")
+    sp.add_argument("-p", "--process")
+    sp.add_argument("-t", "--tty", action="store_true")
+    sp.add_argument("-d", "--detach", action="store_true")
+    sp.add_argument("--pid-file")
+    sp.add_argument("--console-socket")
+    sp.add_argument("-e", "--env", action="append", default=[])
+    sp.add_argument("--cwd")
+    sp.add_argument("-u", "--user")
+    sp.add_argument("-g", "--additional-gids", action="append", default=[])
+    sp.add_argument("-c", "--cap", action="append", default=[])
+    sp.add_argument("--no-new-privs", action="store_true")
+    sp.add_argument("--preserve-fds", type=int, default=0)
+    sp.add_argument("--process-label", help="accepted; SELinux is not used")
+    sp.add_argument("--apparmor", help="accepted; AppArmor is not used")
+    sp.add_argument("id")
+    sp.add_argument("args", nargs="*")
+    sp = verb("ps", _ps, "list a container's processes")
+    sp.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    sp.add_argument("id")
+    sp.add_argument("ps_args", nargs="*")
+    sp = verb("list", _list, "list containers")
+    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    verb("pause", _pause, "freeze a container").add_argument("id")
+    verb("resume", _resume, "thaw a paused container").add_argument("id")
+    verb("features", _features, "print the runtime's features as JSON")
+    sp = verb("spec", _spec, "write a default config.json")
+    sp.add_argument("-b", "--bundle", default=".")
+    sp.add_argument("--rootless", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        from dockyard import __version__
+        from dockyard.oci.runtime_spec import OCI_VERSION
+
+        print(f"dockyard-runtime version {__version__}\nspec: {OCI_VERSION}")
+        return 0
+    if not getattr(args, "handler", None):
+        _parser().print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except RuntimeFailure as err:
+        _report(args, str(err))
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _report(args, f"{where}{err.strerror or err}")
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def _report(args: argparse.Namespace, message: str) -> None:
+    sys.stderr.write(f"dockyard-runtime: {message}\n")
+    if args.log:
+        import json
+        import time
+
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if args.log_format == "json":
+            line = json.dumps({"level": "error", "msg": message, "time": now})
+        else:
+            line = f'time="{now}" level=error msg="{message}"'
+        try:
+            with open(args.log, "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+
+def _root(args: argparse.Namespace) -> StateRoot:
+    from dockyard.runtime.state import StateRoot
+
+    return StateRoot(args.root)
+
+
+def _options(args: argparse.Namespace) -> Options:
+    from dockyard.runtime.container import Options
+
+    return Options(
+        pid_file=args.pid_file,
+        console_socket=args.console_socket,
+        no_pivot=getattr(args, "no_pivot", False),
+        preserve_fds=args.preserve_fds,
+        systemd_cgroup=args.systemd_cgroup,
+    )
+
+
+def _create(args: argparse.Namespace) -> int:
+    from dockyard.runtime import container
+
+    container.create(_root(args), args.id, args.bundle, _options(args))
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from dockyard.runtime import container
+
+    container.start(_root(args), args.id)
+    return 0
+
+
+def _forward_signals(pid: int) -> None:
+    import _signal
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for name in _FORWARDED_SIGNALS:
+        _signal.signal(getattr(_signal, name), forward)
+
+
+def _become_subreaper() -> None:
+    from dockyard.runtime import syscalls
+
+    syscalls.current().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dockyard.runtime import container
+
+    root = _root(args)
+    if not args.detach:
+        _become_subreaper()
+    state = container.create(root, args.id, args.bundle, _options(args))
+    if args.detach:
+        container.start(root, args.id)
+        return 0
+    _forward_signals(state.pid)
+    try:
+        container.start(root, args.id)
+        code = container.wait_exit(state.pid)
+    except BaseException:
+        container.delete(root, args.id, force=True)
+        raise
+    if not args.keep:
+        container.delete(root, args.id, force=True)
+    return code
+
+
+def _state(args: argparse.Namespace) -> int:
+    import json
+
+    from dockyard.runtime import container
+
+    print(json.dumps(container.state_of(_root(args), args.id), indent=2))
+    return 0
+
+
+def parse_signal(value: str) -> int:
+    import _signal
+
+    if value.isdigit():
+        number = int(value)
+        if 0 < number < 65:
+            return number
+    else:
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if name.startswith("SIGRTMIN+") or name.startswith("SIGRTMAX-"):
+            base, _, offset = name.partition("+" if "+" in name else "-")
+            sign = 1 if "+" in name else -1
+            return int(getattr(_signal, base[: len("SIGRTMIN")])) + sign * int(offset)
+        number = getattr(_signal, name, None)
+        if isinstance(number, int):
+            return number
+    raise RuntimeFailure(f'unknown signal "{value}": use a name like TERM or KILL, or a number')
+
+
+def _kill(args: argparse.Namespace) -> int:
+    from dockyard.runtime import container
+
+    container.kill(_root(args), args.id, parse_signal(args.signal), args.all)
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from dockyard.runtime import container
+
+    container.delete(_root(args), args.id, args.force)
+    return 0
+
+
+def _exec_process(args: argparse.Namespace, root: StateRoot) -> dict[str, Any]:
+    """The process to exec: --process FILE, or the container's own process with ARGS."""
+    import json
+
+    from dockyard.runtime import config
+
+    if args.process:
+        try:
+            with open(args.process, "rb") as f:
+                process = json.load(f)
+        except OSError as err:
+            raise RuntimeFailure(f"--process {args.process}: {err.strerror}") from None
+        except ValueError as err:
+            raise RuntimeFailure(f"--process {args.process} is not valid JSON: {err}") from None
+        config.validate_process(process)
+        return dict(process)
+    if not args.args:
+        raise RuntimeFailure("exec needs a command: dockyard-runtime exec ID COMMAND [ARG...]")
+    state = root.load(args.id)
+    process = dict(state.config.get("process") or {})
+    process["args"] = list(args.args)
+    process["terminal"] = args.tty
+    process.pop("consoleSize", None)
+    env = list(process.get("env") or [])
+    keys = {e.split("=", 1)[0]: i for i, e in enumerate(env)}
+    for entry in args.env:
+        key = entry.split("=", 1)[0]
+        if key in keys:
+            env[keys[key]] = entry
+        else:
+            env.append(entry)
+    process["env"] = env
+    if args.cwd:
+        process["cwd"] = args.cwd
+    if args.user:
+        uid, _, gid = args.user.partition(":")
+        try:
+            process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        except ValueError:
+            raise RuntimeFailure(f'--user "{args.user}": use UID[:GID] with numbers') from None
+    if args.additional_gids:
+        process.setdefault("user", {})["additionalGids"] = [int(g) for g in args.additional_gids]
+    if args.cap:
+        caps = {k: list(v) for k, v in (process.get("capabilities") or {}).items()}
+        for name in args.cap:
+            for key in ("bounding", "effective", "permitted", "ambient"):
+                caps.setdefault(key, [])
+                if name not in caps[key]:
+                    caps[key].append(name)
+        process["capabilities"] = caps
+    if args.no_new_privs:
+        process["noNewPrivileges"] = True
+    config.validate_process(process)
+    return process
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from dockyard.runtime import container
+
+    root = _root(args)
+    process = _exec_process(args, root)
+    if process.get("terminal") and not args.console_socket:
+        raise RuntimeFailure("exec with a terminal needs --console-socket")
+    if not args.detach:
+        _become_subreaper()
+    pid = container.exec_process(root, args.id, process, _options(args))
+    if args.detach:
+        return 0
+    _forward_signals(pid)
+    return container.wait_exit(pid)
+
+
+def _ps(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+
+    from dockyard.runtime import container
+
+    pids = container.processes(_root(args), args.id)
+    if args.format == "json":
+        print(json.dumps(pids))
+        return 0
+    out = subprocess.run(["ps", *(args.ps_args or ["-ef"])], capture_output=True, text=True, check=False)
+    lines = out.stdout.splitlines()
+    if not lines:
+        raise RuntimeFailure(f"ps failed: {out.stderr.strip()}")
+    header = lines[0].split()
+    if "PID" not in header:
+        raise RuntimeFailure("ps output has no PID column: pass options that print one")
+    column = header.index("PID")
+    wanted = set(pids)
+    print(lines[0])
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) > column and fields[column].isdigit() and int(fields[column]) in wanted:
+            print(line)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    import json
+
+    from dockyard.runtime import container
+
+    states = container.list_all(_root(args))
+    if args.quiet:
+        for s in states:
+            print(s.id)
+        return 0
+    rows = []
+    for s in states:
+        status = s.status()
+        rows.append(
+            {
+                "ociVersion": s.config.get("ociVersion", ""),
+                "id": s.id,
+                "pid": s.pid if status != "stopped" else 0,
+                "status": status,
+                "bundle": s.bundle,
+                "rootfs": s.rootfs,
+                "created": s.created,
+                "owner": s.owner or "root",
+            }
+        )
+    if args.format == "json":
+        print(json.dumps(rows))
+        return 0
+    table = [["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]]
+    table += [[r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"], r["owner"]] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from dockyard.runtime import container
+
+    container.pause(_root(args), args.id)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from dockyard.runtime import container
+
+    container.resume(_root(args), args.id)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    import json
+
+    from dockyard.runtime.features import features
+
+    print(json.dumps(features(), indent=2))
+    return 0
+
+
+def _spec(args: argparse.Namespace) -> int:
+    import json
+
+    from dockyard.oci.runtime_spec import default_spec
+
+    path = os.path.join(args.bundle, "config.json")
+    if os.path.exists(path):
+        raise RuntimeFailure(f"{path} exists: remove it first")
+    with open(path, "w") as f:
+        json.dump(default_spec(rootless=args.rootless), f, indent="\t")
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Starting the container's init: the runtime side of the fork, re-exec and sync.
+
+The child re-executes the interpreter from a read-only bind mount of itself,
+in a private mount namespace, before it enters any container namespace. From
+then on /proc/<pid>/exe of every runtime process a container can see (and the
+`#!/proc/self/exe` trick, CVE-2019-5736) leads to a read-only file: the host's
+interpreter can't be overwritten from inside.
+
+Runtime and init talk over two pipes, one line per message: `maps`, `pid N`,
+`hooks`, `ready`, `error MESSAGE` from init; `ok [DATA]` from the runtime.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from dockyard.runtime import syscalls as sc
+from dockyard.runtime.errors import RuntimeFailure
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from dockyard.runtime.cgroups import CgroupManager
+
+_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = (
+    f"import sys;sys.path.insert(0,{_SRC!r});"
+    "from dockyard.runtime.init import main;main(int(sys.argv[1]))"
+)
+
+
+class Channel:
+    """Line messages over a pair of pipe fds."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self._buf = b""
+
+    def send(self, message: str) -> None:
+        os.write(self.write_fd, message.encode() + b"\n")
+
+    def recv(self) -> str:
+        """The next message, or "" when the other side has closed."""
+        while b"\n" not in self._buf:
+            chunk = os.read(self.read_fd, 65536)
+            if not chunk:
+                rest, self._buf = self._buf, b""
+                return rest.decode(errors="replace")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def request(self, message: str) -> str:
+        """Send and wait for `ok [DATA]`; anything else is a failure."""
+        self.send(message)
+        reply = self.recv()
+        if reply == "ok" or reply.startswith("ok "):
+            return reply[3:]
+        raise RuntimeFailure(reply.removeprefix("error ") or "runtime went away")
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def interpreter() -> str:
+    return os.path.realpath(sys.executable)
+
+
+def spawn(
+    payload: dict[str, Any],
+    pass_fds: list[int],
+    cgroup: CgroupManager | None,
+) -> tuple[int, Channel]:
+    """Fork the init helper; returns (its pid, the channel to it)."""
+    to_init_r, to_init_w = os.pipe()
+    from_init_r, from_init_w = os.pipe()
+    cfg_r, cfg_w = os.pipe()
+    payload["chan"] = (to_init_r, from_init_w)
+    data = marshal.dumps(payload)
+    interp = interpreter()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child ends in execve or _exit
+        try:
+            if cgroup is not None:
+                cgroup.add_process(os.getpid())
+            syscalls = sc.current()
+            syscalls.unshare(sc.CLONE_NEWNS)
+            syscalls.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+            syscalls.mount(interp, interp, None, sc.MS_BIND)
+            syscalls.mount(None, interp, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+            for fd in (cfg_r, to_init_r, from_init_w, *pass_fds):
+                os.set_inheritable(fd, True)
+            os.execve(interp, [interp, "-S", "-I", "-c", _BOOT, str(cfg_r)], {})
+        except BaseException as err:  # noqa: BLE001 - must reach the parent, whatever it is
+            try:
+                os.write(from_init_w, f"error starting container init: {err}\n".encode())
+            finally:
+                os._exit(127)
+    for fd in (to_init_r, from_init_w, cfg_r):
+        os.close(fd)
+    try:
+        os.write(cfg_w, data) if len(data) < 65536 else _write_all(cfg_w, data)
+    except BrokenPipeError:
+        pass  # the child failed before reading; its error message says why
+    finally:
+        os.close(cfg_w)
+    return pid, Channel(from_init_r, to_init_w)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_id_maps(pid: int, linux: dict[str, Any]) -> None:
+    """uid_map/gid_map of a process that has just unshared its user namespace."""
+    for key, name in (("uidMappings", "uid_map"), ("gidMappings", "gid_map")):
+        entries = linux.get(key) or []
+        if not entries:
+            continue
+        text = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in entries)
+        try:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
+        except OSError as err:
+            raise RuntimeFailure(f"cannot write linux.{key} to /proc/{pid}/{name}: {err.strerror}") from None

@@ -1,0 +1,32 @@
+"""Shared fixtures: test images built from Debian packages, cached across runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# scripts/test_images.py is the image builder that `make images` also runs. It is
+# imported as `scripts.test_images` (a namespace package from the repo root), the
+# name mypy gives it, and one that cannot clash with tests/test_images.py.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts import test_images  # noqa: E402
+
+TEST_CACHE = Path(os.environ.get("DOCKYARD_TEST_CACHE", str(test_images.DEFAULT_CACHE)))
+
+
+@pytest.fixture(scope="session")
+def busybox_image() -> test_images.BusyboxImage:
+    """The busybox image (rootfs, tar, shared bundle); treat every path in it as read-only."""
+    return test_images.busybox_image(TEST_CACHE)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, busybox_image: test_images.BusyboxImage) -> Path:
+    """A fresh bundle with a private, writable copy of the busybox rootfs (args: `sh`)."""
+    return test_images.make_bundle(busybox_image, tmp_path / "bundle")
