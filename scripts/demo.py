@@ -13,6 +13,7 @@ failed (its stderr is shown); 2 when it ran but a check did not hold.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import socket
 import subprocess
@@ -37,6 +38,7 @@ echo @@hostname; hostname
 echo @@ps; ps
 echo @@netdev; cat /proc/net/dev
 echo @@mountinfo; cat /proc/self/mountinfo
+echo @@mntns; readlink /proc/self/ns/mnt
 echo @@id; id
 echo @@cgroup; cat /proc/self/cgroup
 echo @@memlimit
@@ -169,10 +171,13 @@ def check_network(sec: dict[str, list[str]]) -> Check:
 def check_mounts(sec: dict[str, list[str]]) -> Check:
     inside = sec.get("mountinfo", [])
     host = host_lines("/proc/self/mountinfo")
-    # The container's root is its bundle's rootfs, not the host's /.
-    root = next((line.split()[4] for line in inside if len(line.split()) > 4), "?")
-    ok = bool(inside) and len(inside) != len(host) and root == "/"
-    return Check("mounts", f"{len(inside)} lines", f"{len(host)} lines", ok, "own mount ns")
+    # Its own mount namespace, whose / is the bundle's rootfs, not the host's /.
+    own_ns = sec.get("mntns", ["?"])[0].strip() != os.readlink("/proc/self/ns/mnt")
+    root = next(
+        (f[3] for f in (line.split() for line in inside) if len(f) > 4 and f[4] == "/"), "/"
+    )
+    ok = bool(inside) and own_ns and root != "/"
+    return Check("mounts", f"{len(inside)} mounts", f"{len(host)} mounts", ok, "own mount ns")
 
 
 def check_user(sec: dict[str, list[str]]) -> Check:

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
 
 from dockyard.oci import runtime_spec as spec
 from dockyard.runtime import config as config_mod
 from dockyard.runtime import spawn
 from dockyard.runtime.errors import RuntimeFailure
-from dockyard.runtime.state import FIFO_NAME, ContainerState, StateRoot, pid_start_time, write_atomic
+from dockyard.runtime.state import (
+    FIFO_NAME,
+    ContainerState,
+    StateRoot,
+    pid_start_time,
+    write_atomic,
+)
 
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
@@ -44,12 +50,14 @@ class Options:
         no_pivot: bool = False,
         preserve_fds: int = 0,
         systemd_cgroup: bool = False,
+        debug: bool = False,
     ) -> None:
         self.pid_file = pid_file
         self.console_socket = console_socket
         self.no_pivot = no_pivot
         self.preserve_fds = preserve_fds
         self.systemd_cgroup = systemd_cgroup
+        self.debug = debug
 
 
 def _now() -> str:
@@ -87,8 +95,13 @@ def _device_rules(linux: dict[str, Any]) -> dict[str, Any]:
     rules = list(resources.get("devices") or [])
     if rules:
         extra = [
-            {"allow": True, "type": d.get("type", "c"), "major": d.get("major"),
-             "minor": d.get("minor"), "access": "rwm"}
+            {
+                "allow": True,
+                "type": d.get("type", "c"),
+                "major": d.get("major"),
+                "minor": d.get("minor"),
+                "access": "rwm",
+            }
             for d in linux.get("devices") or []
         ]
         resources["devices"] = rules + DEFAULT_ALLOW_RULES + extra
@@ -104,7 +117,9 @@ def _open_ns_paths(linux: dict[str, Any]) -> dict[str, int]:
             except OSError as err:
                 for fd in fds.values():
                     os.close(fd)
-                raise RuntimeFailure(f"namespace {ns['type']} path {ns['path']}: {err.strerror}") from None
+                raise RuntimeFailure(
+                    f"namespace {ns['type']} path {ns['path']}: {err.strerror}"
+                ) from None
     return fds
 
 
@@ -126,7 +141,9 @@ def _preserved(count: int) -> list[int]:
     return list(range(3, 3 + count))
 
 
-def _hook_state(container_id: str, status: str, pid: int, bundle: str, config: dict[str, Any]) -> bytes:
+def _hook_state(
+    container_id: str, status: str, pid: int, bundle: str, config: dict[str, Any]
+) -> bytes:
     import json
 
     doc = spec.state_document(container_id, status, pid, bundle, config.get("annotations"))
@@ -150,19 +167,20 @@ def create(root: StateRoot, container_id: str, bundle: str, opts: Options) -> Co
             linux.get("cgroupsPath"), container_id, opts.systemd_cgroup
         )
         manager = _cgroup_manager(cgroup_path)
-        manager.create()
-        manager.apply(_device_rules(linux))
         fifo = os.path.join(state_dir, FIFO_NAME)
         os.mkfifo(fifo, 0o622)
+        # Like runc: the container's root (maybe a mapped uid) must open it for writing.
+        os.chown(fifo, _host_root(linux, "uidMappings"), _host_root(linux, "gidMappings"))
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         ns_fds = _open_ns_paths(linux)
         console_fd = _connect_console(opts.console_socket)
         fds = [fifo_fd, *ns_fds.values()] + ([console_fd] if console_fd >= 0 else [])
         wanted = {n["type"] for n in linux.get("namespaces") or []}
+        rootfs = config_mod.rootfs_path(config, bundle)
         payload = {
             "mode": "create",
             "config": config,
-            "rootfs": config_mod.rootfs_path(config, bundle),
+            "rootfs": rootfs,
             "bundle": bundle,
             "ns_fds": ns_fds,
             "fifo_fd": fifo_fd,
@@ -170,8 +188,16 @@ def create(root: StateRoot, container_id: str, bundle: str, opts: Options) -> Co
             "no_pivot": opts.no_pivot,
             "preserve_fds": opts.preserve_fds,
             "cgroup": _cgroup_view(manager, "cgroup" in wanted),
+            "debug": opts.debug,
         }
-        helper, chan = spawn.spawn(payload, fds + _preserved(opts.preserve_fds), manager)
+        cgroup = manager
+
+        def make_cgroup() -> CgroupManager:
+            cgroup.create()
+            cgroup.apply(_device_rules(linux))
+            return cgroup
+
+        helper, chan = spawn.spawn(payload, fds + _preserved(opts.preserve_fds), make_cgroup)
         try:
             init_pid = _await_ready(chan, helper, container_id, bundle, config)
         finally:
@@ -183,7 +209,7 @@ def create(root: StateRoot, container_id: str, bundle: str, opts: Options) -> Co
         state = ContainerState(
             id=container_id,
             bundle=bundle,
-            rootfs=payload["rootfs"],
+            rootfs=rootfs,
             pid=init_pid,
             pid_start=start_time,
             created=_now(),
@@ -238,6 +264,14 @@ def _await_ready(
             raise RuntimeFailure("container init exited before it was ready")
 
 
+def _host_root(linux: dict[str, Any], key: str) -> int:
+    """The host id that container id 0 maps to (-1: no mapping, keep the owner)."""
+    for m in linux.get(key) or []:
+        if m["containerID"] <= 0 < m["containerID"] + m["size"]:
+            return int(m["hostID"]) - int(m["containerID"])
+    return -1
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, 0)
@@ -279,7 +313,9 @@ def start(root: StateRoot, container_id: str) -> ContainerState:
     state = root.load(container_id)
     status = state.status()
     if status != spec.STATUS_CREATED:
-        raise RuntimeFailure(f'cannot start container "{container_id}": it is {status}, not created')
+        raise RuntimeFailure(
+            f'cannot start container "{container_id}": it is {status}, not created'
+        )
     fifo_path = os.path.join(state.state_dir, FIFO_NAME)
     fd = os.open(fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -349,7 +385,8 @@ def delete(root: StateRoot, container_id: str, force: bool = False) -> None:
     status = state.status()
     if status in (spec.STATUS_RUNNING, spec.STATUS_PAUSED) and not force:
         raise RuntimeFailure(
-            f'cannot delete container "{container_id}" that is {status}: stop it first or use --force'
+            f'cannot delete container "{container_id}" that is {status}: '
+            "stop it first or use --force"
         )
     manager = _cgroup_manager(state.cgroup_path)
     if status != spec.STATUS_STOPPED:
@@ -411,7 +448,9 @@ def resume(root: StateRoot, container_id: str) -> None:
     state = root.load(container_id)
     status = state.status()
     if status != spec.STATUS_PAUSED:
-        raise RuntimeFailure(f'cannot resume container "{container_id}": it is {status}, not paused')
+        raise RuntimeFailure(
+            f'cannot resume container "{container_id}": it is {status}, not paused'
+        )
     _cgroup_manager(state.cgroup_path).thaw()
 
 
@@ -452,10 +491,11 @@ def exec_process(
         "ns_fds": ns_fds,
         "console_fd": console_fd,
         "preserve_fds": opts.preserve_fds,
+        "debug": opts.debug,
     }
     try:
         manager = _cgroup_manager(state.cgroup_path)
-        helper, chan = spawn.spawn(payload, fds + _preserved(opts.preserve_fds), manager)
+        helper, chan = spawn.spawn(payload, fds + _preserved(opts.preserve_fds), lambda: manager)
     finally:
         for fd in fds:
             os.close(fd)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from dockyard.runtime import mounts
 from dockyard.runtime import syscalls as sc
 from dockyard.runtime.errors import RuntimeFailure
 
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
@@ -25,8 +25,10 @@ DEFAULT_DEVICES: list[dict[str, Any]] = [
 
 # Device cgroup rules that let the default devices (and ptys) be used.
 DEFAULT_ALLOW_RULES: list[dict[str, Any]] = [
-    *({"allow": True, "type": "c", "major": d["major"], "minor": d["minor"], "access": "rwm"}
-      for d in DEFAULT_DEVICES),
+    *(
+        {"allow": True, "type": "c", "major": d["major"], "minor": d["minor"], "access": "rwm"}
+        for d in DEFAULT_DEVICES
+    ),
     {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # /dev/ptmx
     {"allow": True, "type": "c", "major": 136, "access": "rwm"},  # /dev/pts/*
 ]
@@ -54,7 +56,9 @@ def create(root: str, devices: list[dict[str, Any]], bind_from_host: bool) -> No
     for dev in devices:
         kind = _KINDS.get(dev.get("type", ""))
         if kind is None:
-            raise RuntimeFailure(f"linux.devices: {dev.get('path')}: unknown type {dev.get('type')!r}")
+            raise RuntimeFailure(
+                f"linux.devices: {dev.get('path')}: unknown type {dev.get('type')!r}"
+            )
         path = mounts.secure_join(root, dev["path"])
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         if os.path.lexists(path):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import marshal
 import os
-from typing import TYPE_CHECKING
 
 from dockyard.runtime import syscalls as sc
 from dockyard.runtime.errors import RuntimeFailure
 from dockyard.runtime.spawn import Channel
 
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
@@ -43,6 +43,8 @@ def main(cfg_fd: int) -> None:
     payload: dict[str, Any] = marshal.loads(b"".join(chunks))
     chan = Channel(*payload["chan"])
     try:
+        if chan.recv() != "ok":  # the runtime has put us in the container's cgroup
+            os._exit(1)
         if payload["mode"] == "create":
             _create(payload, chan)
         else:
@@ -50,11 +52,19 @@ def main(cfg_fd: int) -> None:
     except RuntimeFailure as err:
         _die(chan, str(err))
     except OSError as err:
-        import traceback; traceback.print_exc()
+        _trace(payload)
         _die(chan, f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}")
-    except BaseException as err:  # noqa: BLE001 - reported to the runtime, never a traceback
-        import traceback; traceback.print_exc()
+    except BaseException as err:
+        _trace(payload)
         _die(chan, f"{type(err).__name__}: {err}")
+
+
+def _trace(payload: dict[str, Any]) -> None:
+    """With --debug, the init's traceback goes to stderr: the one place it helps."""
+    if payload.get("debug"):
+        import traceback
+
+        traceback.print_exc()
 
 
 def _preload(process: dict[str, Any], linux: dict[str, Any]) -> None:
@@ -233,12 +243,15 @@ def _home_of(uid: int) -> str:
 
 def find_executable(name: str, search_path: str) -> str:
     """Resolve args[0] like execvp, in the container's file system."""
-    candidates = [name] if "/" in name else [os.path.join(d or ".", name) for d in search_path.split(":")]
+    candidates = (
+        [name] if "/" in name else [os.path.join(d or ".", name) for d in search_path.split(":")]
+    )
     for path in candidates:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     if "/" in name:
-        raise RuntimeFailure(f'exec: "{name}": no such executable file in the container')
+        # runc's wording: podman/docker map "no such file or directory" to exit 127.
+        raise RuntimeFailure(f'exec: "{name}": stat {name}: no such file or directory')
     raise RuntimeFailure(f'exec: "{name}": executable file not found in $PATH')
 
 
@@ -259,7 +272,9 @@ def _switch_user(user: dict[str, Any]) -> None:
         os.umask(user["umask"])
 
 
-def _finish_and_exec(path: str, process: dict[str, Any], linux: dict[str, Any], preserve: int) -> None:
+def _finish_and_exec(
+    path: str, process: dict[str, Any], linux: dict[str, Any], preserve: int
+) -> None:
     """The last steps, in runc's order, then execve."""
     import _signal
 

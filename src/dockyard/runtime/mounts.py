@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from dockyard.runtime import syscalls as sc
 from dockyard.runtime.errors import RuntimeFailure
 
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 
@@ -132,7 +132,9 @@ def make_mount_point(root: str, dest: str, directory: bool) -> str:
         if os.path.lexists(current):
             continue
         if last and not directory:
-            os.close(os.open(current, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o755))
+            os.close(
+                os.open(current, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o755)
+            )
         else:
             os.mkdir(current, 0o755)
     return path

@@ -10,11 +10,11 @@ freezer, so a crash can't leave a stale status behind.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from dockyard.oci import runtime_spec as spec
 from dockyard.runtime.errors import RuntimeFailure
 
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 # namespaces (linux/sched.h)
 CLONE_NEWNS = 0x00020000
@@ -204,13 +202,18 @@ def current() -> LinuxSyscalls:
     return _current
 
 
-@contextmanager
-def replaced(impl: LinuxSyscalls) -> Iterator[LinuxSyscalls]:
-    """Swap in another implementation (a recorder in tests) for a block."""
-    global _current
-    previous = _current
-    _current = impl
-    try:
-        yield impl
-    finally:
-        _current = previous
+class replaced:
+    """`with replaced(fake):` swaps in another implementation (a recorder in tests)."""
+
+    def __init__(self, impl: LinuxSyscalls) -> None:
+        self.impl = impl
+        self.previous: LinuxSyscalls | None = None
+
+    def __enter__(self) -> LinuxSyscalls:
+        global _current
+        self.previous, _current = _current, self.impl
+        return self.impl
+
+    def __exit__(self, *exc: object) -> None:
+        global _current
+        _current = self.previous
