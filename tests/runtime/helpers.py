@@ -148,11 +148,13 @@ class Runtime:
         stdin: Any = subprocess.DEVNULL,
         pass_fds: Sequence[int] = (),
         root: bool = True,
+        prefix: Sequence[str] = (),
     ) -> Result:
+        """Run the CLI (after `prefix`, e.g. a shell that opens fds and execs it)."""
         self._calls += 1
         out = self.io / f"{self._calls:03d}.out"
         err = self.io / f"{self._calls:03d}.err"
-        argv = [CLI, *(["--root", str(self.root)] if root else []), *args]
+        argv = [*prefix, CLI, *(["--root", str(self.root)] if root else []), *args]
         with open(out, "wb") as fo, open(err, "wb") as fe:
             proc = subprocess.run(
                 argv,

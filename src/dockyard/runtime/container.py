@@ -380,6 +380,8 @@ def delete(root: StateRoot, container_id: str, force: bool = False) -> None:
         state = root.load(container_id)
     except RuntimeFailure:
         if force:
+            # A create that died before writing state.json leaves only its directory.
+            shutil.rmtree(root.dir_for(container_id), ignore_errors=True)
             return
         raise
     status = state.status()
