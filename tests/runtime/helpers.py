@@ -128,7 +128,9 @@ class Runtime:
         self.ids.append(cid)
         return cid
 
-    def bundle(self, args: Sequence[str] | None = None, name: str | None = None, **overrides: Any) -> Path:
+    def bundle(
+        self, args: Sequence[str] | None = None, name: str | None = None, **overrides: Any
+    ) -> Path:
         dest = self.tmp_path / (name or f"bundle-{uuid.uuid4().hex[:6]}")
         return test_images.make_bundle(
             self.image, dest, args=list(args) if args is not None else None, **overrides
@@ -240,8 +242,8 @@ class Runtime:
         return problems
 
 
-@pytest.fixture
-def rt(tmp_path: Path, busybox_image: test_images.BusyboxImage) -> Iterator[Runtime]:
+@pytest.fixture(name="rt")
+def rt_fixture(tmp_path: Path, busybox_image: test_images.BusyboxImage) -> Iterator[Runtime]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     runtime = Runtime(tmp_path, busybox_image)

@@ -7,13 +7,14 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.runtime.helpers import (
     Runtime,
     needs_root,
-    rt,  # noqa: F401 - fixture
+    rt_fixture,  # noqa: F401 - the `rt` fixture
 )
 
 pytestmark = needs_root
@@ -25,13 +26,13 @@ def ns_inode(pid: int | str, kind: str) -> int:
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
 
 
-def run_sh(rt: Runtime, script: str, **overrides: object) -> str:
+def run_sh(rt: Runtime, script: str, **overrides: Any) -> str:
     res = rt.run(rt.bundle(["sh", "-c", script], **overrides))
     assert res.returncode == 0, res.stderr
     return res.stdout
 
 
-def test_pid_namespace_pid_1(rt: Runtime):
+def test_pid_namespace_pid_1(rt: Runtime) -> None:
     out = run_sh(rt, "echo $$; sleep 5 & sleep 0.2; ps -o pid,comm; kill $!")
     lines = out.splitlines()
     assert lines[0] == "1"
@@ -42,32 +43,32 @@ def test_pid_namespace_pid_1(rt: Runtime):
     assert all(int(r[0]) < 10 for r in rows), out
 
 
-def test_own_hostname(rt: Runtime):
+def test_own_hostname(rt: Runtime) -> None:
     host = os.uname().nodename
     out = run_sh(rt, "hostname; cat /proc/sys/kernel/hostname", hostname="box-1")
     assert out.split() == ["box-1", "box-1"]
     assert os.uname().nodename == host
 
 
-def test_uts_namespace_differs(rt: Runtime):
+def test_uts_namespace_differs(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(SLEEP))
     pid = rt.state(cid)["pid"]
     for kind in ("uts", "ipc", "net", "mnt", "pid", "cgroup"):
         assert ns_inode(pid, kind) != ns_inode("self", kind), kind
 
 
-def test_only_loopback(rt: Runtime):
+def test_only_loopback(rt: Runtime) -> None:
     out = run_sh(rt, "cat /proc/net/dev")
     names = [line.split(":")[0].strip() for line in out.splitlines()[2:]]
     assert names == ["lo"]
 
 
-def test_loopback_is_up(rt: Runtime):
+def test_loopback_is_up(rt: Runtime) -> None:
     out = run_sh(rt, "ip link show lo")
     assert "UP" in out.split(">")[0], out
 
 
-def test_own_mount_table(rt: Runtime):
+def test_own_mount_table(rt: Runtime) -> None:
     out = run_sh(rt, "cat /proc/self/mountinfo")
     host = Path("/proc/self/mountinfo").read_text()
     assert out != host
@@ -78,14 +79,14 @@ def test_own_mount_table(rt: Runtime):
     assert not any(p.startswith("/work") for p in points), points
 
 
-def test_mounts_invisible_on_host(rt: Runtime):
+def test_mounts_invisible_on_host(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(SLEEP))
     assert rt.state(cid)["status"] == "running"
     host = Path("/proc/self/mountinfo").read_text()
     assert str(rt.tmp_path) not in host
 
 
-def test_ipc_namespace_empty(rt: Runtime):
+def test_ipc_namespace_empty(rt: Runtime) -> None:
     created = subprocess.run(
         ["ipcmk", "-M", "4096"], capture_output=True, text=True, timeout=5, check=False
     )
@@ -102,17 +103,15 @@ def test_ipc_namespace_empty(rt: Runtime):
             subprocess.run(["ipcrm", "-m", shm_id], timeout=5, check=False)
 
 
-def test_ns_inodes_differ_from_host(rt: Runtime):
+def test_ns_inodes_differ_from_host(rt: Runtime) -> None:
     out = run_sh(rt, "for n in ipc uts net mnt pid; do readlink /proc/self/ns/$n; done")
     inside = out.split()
     for kind, link in zip(("ipc", "uts", "net", "mnt", "pid"), inside, strict=True):
         assert link != os.readlink(f"/proc/self/ns/{kind}"), kind
 
 
-def test_no_network_namespace_shares_host(rt: Runtime):
-    namespaces = [
-        {"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")
-    ]
+def test_no_network_namespace_shares_host(rt: Runtime) -> None:
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     out = run_sh(rt, "readlink /proc/self/ns/net", linux={"namespaces": namespaces})
     assert out.strip() == os.readlink("/proc/self/ns/net")
 
@@ -123,14 +122,16 @@ def netns() -> Iterator[str]:
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
     try:
         subprocess.run(
-            ["ip", "-n", name, "link", "add", "dyt0", "type", "veth", "peer", "name", "dyt1"], check=True, timeout=10
+            ["ip", "-n", name, "link", "add", "dyt0", "type", "veth", "peer", "name", "dyt1"],
+            check=True,
+            timeout=10,
         )
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
-def test_join_network_namespace_by_path(rt: Runtime, netns: str):
+def test_join_network_namespace_by_path(rt: Runtime, netns: str) -> None:
     path = f"/run/netns/{netns}"
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     namespaces.append({"type": "network", "path": path})
@@ -143,7 +144,7 @@ def test_join_network_namespace_by_path(rt: Runtime, netns: str):
     assert out.split()[-1] == f"net:[{os.stat(path).st_ino}]"
 
 
-def test_join_missing_namespace_path_fails(rt: Runtime):
+def test_join_missing_namespace_path_fails(rt: Runtime) -> None:
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     namespaces.append({"type": "network", "path": "/run/netns/does-not-exist-dyt"})
     res = rt.run(rt.bundle(SLEEP, linux={"namespaces": namespaces}))
@@ -152,7 +153,7 @@ def test_join_missing_namespace_path_fails(rt: Runtime):
     assert "Traceback" not in res.stderr
 
 
-def test_exec_sees_same_hostname(rt: Runtime):
+def test_exec_sees_same_hostname(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(SLEEP, hostname="h2"))
     res = rt.sh(cid, "hostname")
     assert res.returncode == 0, res.stderr
@@ -162,7 +163,7 @@ def test_exec_sees_same_hostname(rt: Runtime):
 # ---------------------------------------------------------------- user namespace
 
 HOST_ID = 100000
-USERNS = {
+USERNS: dict[str, Any] = {
     "root": {"readonly": False},
     "linux": {
         "namespaces": [
@@ -187,7 +188,7 @@ def userns_bundle(rt: Runtime, args: list[str]) -> Path:
     return bundle
 
 
-def test_user_namespace_mapping(rt: Runtime):
+def test_user_namespace_mapping(rt: Runtime) -> None:
     script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; touch /tmp/made-inside"
     bundle = userns_bundle(rt, ["sh", "-c", script])
     res = rt.run(bundle)
@@ -200,7 +201,7 @@ def test_user_namespace_mapping(rt: Runtime):
     assert (st.st_uid, st.st_gid) == (HOST_ID, HOST_ID)
 
 
-def test_user_namespace_root_is_unprivileged_on_host(rt: Runtime):
+def test_user_namespace_root_is_unprivileged_on_host(rt: Runtime) -> None:
     bundle = userns_bundle(rt, SLEEP)
     cid = rt.run_detached(bundle)
     pid = rt.state(cid)["pid"]

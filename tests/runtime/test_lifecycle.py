@@ -14,7 +14,7 @@ from tests.runtime.helpers import (
     assert_one_line_error,
     needs_root,
     proc_state,
-    rt,  # noqa: F401 - fixture
+    rt_fixture,  # noqa: F401 - the `rt` fixture
     wait_for,
 )
 
@@ -23,7 +23,7 @@ pytestmark = needs_root
 SLEEP = ["sleep", "30"]
 
 
-def test_create_start_stop_transitions(rt: Runtime):
+def test_create_start_stop_transitions(rt: Runtime) -> None:
     bundle = rt.bundle(["sleep", "1"])
     cid = rt.create(bundle)
     doc = rt.state(cid)
@@ -39,7 +39,7 @@ def test_create_start_stop_transitions(rt: Runtime):
     assert not (rt.root / cid).exists()
 
 
-def test_start_twice_refused(rt: Runtime):
+def test_start_twice_refused(rt: Runtime) -> None:
     cid = rt.create(rt.bundle(SLEEP))
     rt("start", cid).check()
     res = rt("start", cid)
@@ -48,7 +48,7 @@ def test_start_twice_refused(rt: Runtime):
     assert rt.status(cid) == "running"
 
 
-def test_start_stopped_refused(rt: Runtime):
+def test_start_stopped_refused(rt: Runtime) -> None:
     cid = rt.create(rt.bundle(["true"]))
     rt("start", cid).check()
     rt.wait_status(cid, "stopped")
@@ -57,7 +57,7 @@ def test_start_stopped_refused(rt: Runtime):
     assert "stopped" in res.stderr
 
 
-def test_delete_running_needs_force(rt: Runtime):
+def test_delete_running_needs_force(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(SLEEP))
     pid = rt.state(cid)["pid"]
     res = rt("delete", cid)
@@ -68,7 +68,7 @@ def test_delete_running_needs_force(rt: Runtime):
     assert wait_for(lambda: proc_state(pid) in ("", "Z"))
 
 
-def test_delete_created_container(rt: Runtime):
+def test_delete_created_container(rt: Runtime) -> None:
     cid = rt.create(rt.bundle(SLEEP))
     pid = rt.state(cid)["pid"]
     rt("delete", cid).check()
@@ -76,17 +76,17 @@ def test_delete_created_container(rt: Runtime):
     assert wait_for(lambda: proc_state(pid) in ("", "Z"))
 
 
-def test_run_passes_exit_code(rt: Runtime):
+def test_run_passes_exit_code(rt: Runtime) -> None:
     res = rt.run(rt.bundle(["sh", "-c", "echo hello; exit 7"]))
     assert res.returncode == 7, res.stderr
     assert res.stdout == "hello\n"
 
 
-def test_run_exit_zero(rt: Runtime):
+def test_run_exit_zero(rt: Runtime) -> None:
     assert rt.run(rt.bundle(["true"])).returncode == 0
 
 
-def test_run_killed_by_signal_gives_128_plus_n(rt: Runtime):
+def test_run_killed_by_signal_gives_128_plus_n(rt: Runtime) -> None:
     # PID 1 of a pid namespace can't be killed from inside: kill it from the host.
     bundle = rt.bundle(SLEEP)
     cid = rt.new_id()
@@ -109,7 +109,7 @@ def test_run_killed_by_signal_gives_128_plus_n(rt: Runtime):
             proc.wait(timeout=10)
 
 
-def test_run_forwards_sigterm(rt: Runtime):
+def test_run_forwards_sigterm(rt: Runtime) -> None:
     # sh as PID 1 with a trap: TERM sent to `run` reaches it and the trap's code comes back.
     bundle = rt.bundle(["sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done"])
     cid = rt.new_id()
@@ -141,7 +141,7 @@ def _running(rt: Runtime, cid: str) -> bool:
     return res.returncode == 0 and json.loads(res.stdout)["status"] == "running"
 
 
-def test_run_detach(rt: Runtime):
+def test_run_detach(rt: Runtime) -> None:
     bundle = rt.bundle(SLEEP)
     cid = rt.new_id()
     res = rt("run", "-d", "--bundle", str(bundle), cid, timeout=5)
@@ -151,7 +151,7 @@ def test_run_detach(rt: Runtime):
 
 
 @pytest.mark.parametrize("sig", ["TERM", "SIGKILL", "9", "KILL"])
-def test_kill_by_name_and_number(rt: Runtime, sig: str):
+def test_kill_by_name_and_number(rt: Runtime, sig: str) -> None:
     # PID 1 only gets signals it handles (SIGKILL from the host always works).
     script = "trap 'exit 3' TERM; while :; do sleep 0.1; done"
     cid = rt.run_detached(rt.bundle(["sh", "-c", script]))
@@ -159,20 +159,22 @@ def test_kill_by_name_and_number(rt: Runtime, sig: str):
     rt.wait_status(cid, "stopped", timeout=5)
 
 
-def test_kill_default_is_term(rt: Runtime):
-    cid = rt.run_detached(rt.bundle(["sh", "-c", "trap 'exit 3' TERM; while :; do sleep 0.1; done"]))
+def test_kill_default_is_term(rt: Runtime) -> None:
+    cid = rt.run_detached(
+        rt.bundle(["sh", "-c", "trap 'exit 3' TERM; while :; do sleep 0.1; done"])
+    )
     rt("kill", cid).check()
     rt.wait_status(cid, "stopped", timeout=5)
 
 
-def test_kill_unknown_signal(rt: Runtime):
+def test_kill_unknown_signal(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(SLEEP))
     res = rt("kill", cid, "NOTASIGNAL")
     assert_one_line_error(res)
     assert rt.status(cid) == "running"
 
 
-def test_kill_all(rt: Runtime):
+def test_kill_all(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(["sh", "-c", "sleep 30 & sleep 30 & wait"]))
     assert wait_for(lambda: len(_ps(rt, cid)) >= 3, timeout=5)
     pids = _ps(rt, cid)
@@ -183,7 +185,7 @@ def test_kill_all(rt: Runtime):
     assert wait_for(lambda: all(proc_state(p) in ("", "Z") for p in pids), timeout=5)
 
 
-def test_kill_stopped_refused(rt: Runtime):
+def test_kill_stopped_refused(rt: Runtime) -> None:
     cid = rt.create(rt.bundle(["true"]))
     rt("start", cid).check()
     rt.wait_status(cid, "stopped")
@@ -196,7 +198,7 @@ def _ps(rt: Runtime, cid: str) -> list[int]:
     return pids
 
 
-def test_list_quiet_and_json(rt: Runtime):
+def test_list_quiet_and_json(rt: Runtime) -> None:
     a = rt.run_detached(rt.bundle(SLEEP))
     b = rt.create(rt.bundle(SLEEP))
     quiet = rt("list", "-q").check().stdout.split()
@@ -212,12 +214,12 @@ def test_list_quiet_and_json(rt: Runtime):
     assert len(table) == 3
 
 
-def test_list_empty(rt: Runtime):
+def test_list_empty(rt: Runtime) -> None:
     assert rt("list", "-q").check().stdout == ""
     assert json.loads(rt("list", "--format", "json").check().stdout) == []
 
 
-def test_ps_json(rt: Runtime):
+def test_ps_json(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(["sh", "-c", "sleep 30 & wait"]))
     init = rt.state(cid)["pid"]
     assert wait_for(lambda: len(_ps(rt, cid)) == 2, timeout=5)
@@ -231,7 +233,7 @@ def test_ps_json(rt: Runtime):
     assert len(table) == 3
 
 
-def test_pause_resume(rt: Runtime):
+def test_pause_resume(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(["sh", "-c", "while :; do :; done"]))
     pid = rt.state(cid)["pid"]
     rt("pause", cid).check()
@@ -244,7 +246,7 @@ def test_pause_resume(rt: Runtime):
     assert_one_line_error(rt("resume", cid))
 
 
-def test_delete_force_paused(rt: Runtime):
+def test_delete_force_paused(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(SLEEP))
     rt("pause", cid).check()
     assert_one_line_error(rt("delete", cid))
@@ -252,7 +254,7 @@ def test_delete_force_paused(rt: Runtime):
     assert not (rt.root / cid).exists()
 
 
-def test_features(rt: Runtime):
+def test_features(rt: Runtime) -> None:
     doc = json.loads(rt("features", root=False).check().stdout)
     for key in ("ociVersionMin", "ociVersionMax", "hooks", "mountOptions", "linux"):
         assert key in doc
@@ -272,7 +274,7 @@ def test_features(rt: Runtime):
     assert {"bind", "ro", "rprivate"} <= set(doc["mountOptions"])
 
 
-def test_spec_writes_and_refuses_overwrite(rt: Runtime):
+def test_spec_writes_and_refuses_overwrite(rt: Runtime) -> None:
     where = rt.tmp_path / "spec"
     where.mkdir()
     rt("spec", cwd=where, root=False).check()
@@ -289,20 +291,20 @@ def test_spec_writes_and_refuses_overwrite(rt: Runtime):
     assert (other / "config.json").exists()
 
 
-def test_pid_file_matches_state(rt: Runtime):
+def test_pid_file_matches_state(rt: Runtime) -> None:
     pid_file = rt.tmp_path / "init.pid"
     cid = rt.create(rt.bundle(SLEEP), None, "--pid-file", str(pid_file))
     assert int(pid_file.read_text()) == rt.state(cid)["pid"]
 
 
-def test_run_from_bundle_cwd(rt: Runtime):
+def test_run_from_bundle_cwd(rt: Runtime) -> None:
     bundle = rt.bundle(["sh", "-c", "exit 5"])
     cid = rt.new_id()
     assert rt("run", cid, cwd=bundle).returncode == 5
     assert not (rt.root / cid).exists()
 
 
-def test_run_keep(rt: Runtime):
+def test_run_keep(rt: Runtime) -> None:
     cid = rt.new_id()
     res = rt("run", "--keep", "--bundle", str(rt.bundle(["sh", "-c", "exit 4"])), cid)
     assert res.returncode == 4
@@ -310,6 +312,6 @@ def test_run_keep(rt: Runtime):
     rt("delete", cid).check()
 
 
-def test_version(rt: Runtime):
+def test_version(rt: Runtime) -> None:
     out = rt("--version", root=False).check().stdout
     assert out.startswith("dockyard-runtime version")

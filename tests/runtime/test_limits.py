@@ -12,7 +12,7 @@ from tests.runtime.helpers import (
     CGROUP_ROOT,
     Runtime,
     needs_root,
-    rt,  # noqa: F401 - fixture
+    rt_fixture,  # noqa: F401 - the `rt` fixture
     wait_for,
 )
 
@@ -33,7 +33,7 @@ def cgroup_file(rt: Runtime, cid: str, controller: str, name: str) -> Path:
     return Path(CGROUP_ROOT, controller, saved["cgroup_path"].lstrip("/"), name)
 
 
-def test_memory_limit_written(rt: Runtime):
+def test_memory_limit_written(rt: Runtime) -> None:
     memory = {"limit": 32 * MB, "swap": 32 * MB}
     cid = rt.run_detached(rt.bundle(["sleep", "30"], linux={"resources": {"memory": memory}}))
     assert int(cgroup_file(rt, cid, "memory", "memory.limit_in_bytes").read_text()) == 32 * MB
@@ -42,7 +42,7 @@ def test_memory_limit_written(rt: Runtime):
         assert int(memsw.read_text()) == 32 * MB
 
 
-def test_memory_hog_is_oom_killed(rt: Runtime):
+def test_memory_hog_is_oom_killed(rt: Runtime) -> None:
     # A shell string that doubles until it can't: far more than 32 MiB.
     script = "x=0123456789abcdef; while :; do x=$x$x; done"
     memory = {"limit": 32 * MB, "swap": 32 * MB}
@@ -53,7 +53,7 @@ def test_memory_hog_is_oom_killed(rt: Runtime):
     assert time.monotonic() - started < 10
 
 
-def test_memory_hog_in_child_is_oom_killed(rt: Runtime):
+def test_memory_hog_in_child_is_oom_killed(rt: Runtime) -> None:
     # The hog is a child of PID 1: PID 1 sees it die of SIGKILL (status 137).
     script = "sh -c 'x=0123456789abcdef; while :; do x=$x$x; done'; echo status=$?"
     memory = {"limit": 32 * MB, "swap": 32 * MB}
@@ -62,7 +62,7 @@ def test_memory_hog_in_child_is_oom_killed(rt: Runtime):
     assert "status=137" in res.stdout
 
 
-def test_memory_under_limit_is_fine(rt: Runtime):
+def test_memory_under_limit_is_fine(rt: Runtime) -> None:
     script = "dd if=/dev/zero of=/dev/null bs=1M count=100 2>/dev/null && echo done"
     memory = {"limit": 32 * MB, "swap": 32 * MB}
     res = rt.run(rt.bundle(["sh", "-c", script], linux={"resources": {"memory": memory}}))
@@ -70,7 +70,7 @@ def test_memory_under_limit_is_fine(rt: Runtime):
     assert res.stdout.strip() == "done"
 
 
-def test_pids_limit_bounds_fork_bomb(rt: Runtime):
+def test_pids_limit_bounds_fork_bomb(rt: Runtime) -> None:
     # A child shell tries to start 30 sleepers with pids.limit 10 (ash gives up at the
     # first failed fork); PID 1 then execs, which needs no new pid.
     script = "sh -c 'for i in $(seq 30); do sleep 5 & done' 2>/dev/null; exec sleep 5"
@@ -85,7 +85,7 @@ def test_pids_limit_bounds_fork_bomb(rt: Runtime):
     assert len(procs) <= 10
 
 
-def test_pids_limit_fork_failures_seen_inside(rt: Runtime):
+def test_pids_limit_fork_failures_seen_inside(rt: Runtime) -> None:
     script = (
         "ok=0; fail=0; for i in $(seq 20); do "
         "if (sleep 3 &) 2>/dev/null; then ok=$((ok+1)); else fail=$((fail+1)); fi; done; "
@@ -98,7 +98,7 @@ def test_pids_limit_fork_failures_seen_inside(rt: Runtime):
     assert int(out["ok"]) < 10, res.stdout
 
 
-def test_cpu_quota_holds_busy_loop(rt: Runtime):
+def test_cpu_quota_holds_busy_loop(rt: Runtime) -> None:
     cpu = {"quota": 20000, "period": 100000}
     cid = rt.run_detached(
         rt.bundle(["sh", "-c", "while :; do :; done"], linux={"resources": {"cpu": cpu}})
@@ -114,14 +114,12 @@ def test_cpu_quota_holds_busy_loop(rt: Runtime):
     assert 0.05 < share < 0.40, share
 
 
-def test_cpu_shares_written(rt: Runtime):
-    cid = rt.run_detached(
-        rt.bundle(["sleep", "30"], linux={"resources": {"cpu": {"shares": 512}}})
-    )
+def test_cpu_shares_written(rt: Runtime) -> None:
+    cid = rt.run_detached(rt.bundle(["sleep", "30"], linux={"resources": {"cpu": {"shares": 512}}}))
     assert cgroup_file(rt, cid, "cpu", "cpu.shares").read_text().strip() == "512"
 
 
-def test_container_in_its_cgroup(rt: Runtime):
+def test_container_in_its_cgroup(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(["sleep", "30"]))
     pid = rt.state(cid)["pid"]
     saved = rt.saved_state(cid)
@@ -133,7 +131,7 @@ def test_container_in_its_cgroup(rt: Runtime):
     assert str(pid) in cgroup_file(rt, cid, "memory", "cgroup.procs").read_text().split()
 
 
-def test_custom_cgroups_path(rt: Runtime):
+def test_custom_cgroups_path(rt: Runtime) -> None:
     path = f"/dockyard/custom-{os.getpid()}-{time.monotonic_ns()}"
     cid = rt.run_detached(rt.bundle(["sleep", "30"], linux={"cgroupsPath": path}))
     pid = rt.state(cid)["pid"]

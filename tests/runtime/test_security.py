@@ -8,6 +8,7 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from dockyard.runtime.capabilities import CAPABILITIES
 from tests.runtime.helpers import (
     Runtime,
     needs_root,
-    rt,  # noqa: F401 - fixture
+    rt_fixture,  # noqa: F401 - the `rt` fixture
 )
 
 pytestmark = needs_root
@@ -24,7 +25,7 @@ SLEEP = ["sleep", "30"]
 DEFAULT_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 
 
-def run_sh(rt: Runtime, script: str, **overrides: object) -> tuple[int, str, str]:
+def run_sh(rt: Runtime, script: str, **overrides: Any) -> tuple[int, str, str]:
     res = rt.run(rt.bundle(["sh", "-c", script], **overrides))
     return res.returncode, res.stdout, res.stderr
 
@@ -40,7 +41,7 @@ def status_field(text: str, name: str) -> str:
 # ---------------------------------------------------------------- capabilities
 
 
-def test_default_caps_in_status(rt: Runtime):
+def test_default_caps_in_status(rt: Runtime) -> None:
     code, out, err = run_sh(rt, "cat /proc/self/status")
     assert code == 0, err
     # (CapAmb stays empty: ambient needs inheritable, which runc's default spec lacks.)
@@ -49,20 +50,20 @@ def test_default_caps_in_status(rt: Runtime):
     assert status_field(out, "NoNewPrivs") == "1"
 
 
-def test_mount_denied_without_cap_sys_admin(rt: Runtime):
+def test_mount_denied_without_cap_sys_admin(rt: Runtime) -> None:
     code, out, err = run_sh(rt, "mount -t tmpfs none /tmp && echo mounted; echo rc=$?")
     assert code == 0, err
     assert "mounted" not in out
     assert "rc=1" in out or "rc=255" in out, out
 
 
-def test_net_admin_dropped(rt: Runtime):
-    code, out, _ = run_sh(rt, "ip link add d0 type veth peer name d1 2>&1; echo rc=$?")
+def test_net_admin_dropped(rt: Runtime) -> None:
+    _code, out, _ = run_sh(rt, "ip link add d0 type veth peer name d1 2>&1; echo rc=$?")
     assert "rc=0" not in out, out
     assert "not permitted" in out.lower(), out
 
 
-def test_added_capability_works(rt: Runtime):
+def test_added_capability_works(rt: Runtime) -> None:
     caps = [*DEFAULT_CAPS, "CAP_NET_ADMIN"]
     cap_cfg = {k: caps for k in ("bounding", "effective", "permitted", "ambient")}
     code, out, err = run_sh(
@@ -75,7 +76,7 @@ def test_added_capability_works(rt: Runtime):
     assert int(out.split()[-1], 16) == cap_mask(caps)
 
 
-def test_non_root_user_has_no_effective_caps(rt: Runtime):
+def test_non_root_user_has_no_effective_caps(rt: Runtime) -> None:
     code, out, err = run_sh(
         rt,
         "id -u; grep CapEff /proc/self/status",
@@ -98,7 +99,7 @@ SECCOMP = {
 }
 
 
-def test_seccomp_rule_returns_errno(rt: Runtime):
+def test_seccomp_rule_returns_errno(rt: Runtime) -> None:
     code, out, err = run_sh(
         rt,
         "mkdir /tmp/x 2>&1; echo rc=$?; touch /tmp/file && echo touched",
@@ -111,13 +112,13 @@ def test_seccomp_rule_returns_errno(rt: Runtime):
     assert "touched" in out
 
 
-def test_without_seccomp_mkdir_works(rt: Runtime):
+def test_without_seccomp_mkdir_works(rt: Runtime) -> None:
     code, out, err = run_sh(rt, "mkdir /tmp/x && echo made", root={"readonly": False})
     assert code == 0, err
     assert out.strip() == "made"
 
 
-def test_seccomp_applies_to_exec(rt: Runtime):
+def test_seccomp_applies_to_exec(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(SLEEP, root={"readonly": False}, linux={"seccomp": SECCOMP}))
     res = rt.sh(cid, "mkdir /tmp/y 2>&1; echo rc=$?")
     assert "Operation not permitted" in res.stdout, res.stderr
@@ -126,29 +127,32 @@ def test_seccomp_applies_to_exec(rt: Runtime):
 # ---------------------------------------------------------------- read-only and masked
 
 
-def test_readonly_root(rt: Runtime):
-    code, out, _ = run_sh(rt, "touch /x 2>&1; echo rc=$?")
+def test_readonly_root(rt: Runtime) -> None:
+    _code, out, _ = run_sh(rt, "touch /x 2>&1; echo rc=$?")
     assert "Read-only file system" in out
     assert "rc=1" in out
 
 
-def test_writable_root_when_asked(rt: Runtime):
+def test_writable_root_when_asked(rt: Runtime) -> None:
     code, out, err = run_sh(rt, "touch /x && echo ok", root={"readonly": False})
     assert code == 0, err
     assert out.strip() == "ok"
 
 
-def test_readonly_paths(rt: Runtime):
+def test_readonly_paths(rt: Runtime) -> None:
     # kernel.hostname is per uts namespace: harmless if the write were to succeed.
-    code, out, _ = run_sh(rt, "echo evil > /proc/sys/kernel/hostname; echo rc=$?; hostname")
-    assert "Read-only file system" in out or "rc=1" in out, out
+    code, out, err = run_sh(rt, "echo evil 2>&1 > /proc/sys/kernel/hostname; echo rc=$?; hostname")
+    assert code == 0, err
+    assert "rc=1" in out, out
     assert "evil" not in out
+    assert "Read-only file system" in err + out
     code, out, _ = run_sh(rt, "grep ' /proc/sys ' /proc/self/mountinfo")
+    assert code == 0
     assert "ro" in out.split()[5].split(","), out
 
 
 @pytest.mark.parametrize("path", ["/proc/kcore", "/proc/keys", "/proc/timer_list"])
-def test_masked_files_read_empty(rt: Runtime, path: str):
+def test_masked_files_read_empty(rt: Runtime, path: str) -> None:
     if not os.path.exists(path):
         pytest.skip(f"{path} does not exist on this kernel")
     code, out, err = run_sh(rt, f"wc -c < {path}; grep -c ' {path} ' /proc/self/mountinfo")
@@ -156,9 +160,9 @@ def test_masked_files_read_empty(rt: Runtime, path: str):
     assert out.split() == ["0", "1"]
 
 
-def test_masked_dir_is_empty(rt: Runtime):
+def test_masked_dir_is_empty(rt: Runtime) -> None:
     assert os.listdir("/sys/firmware")
-    code, out, err = run_sh(rt, "ls -A /sys/firmware | wc -l; touch /sys/firmware/x; echo rc=$?")
+    _code, out, _err = run_sh(rt, "ls -A /sys/firmware | wc -l; touch /sys/firmware/x; echo rc=$?")
     assert out.split()[0] == "0"
     assert "rc=0" not in out
 
@@ -169,7 +173,7 @@ def test_masked_dir_is_empty(rt: Runtime):
 OPEN_3_4 = 'exec 3<"$0" 4<"$0"; exec "$@"'
 
 
-def test_no_fd_leak_into_container(rt: Runtime):
+def test_no_fd_leak_into_container(rt: Runtime) -> None:
     leak = rt.tmp_path / "leak.txt"
     leak.write_text("secret")
     extra = [os.open(leak, os.O_RDONLY) for _ in range(3)]
@@ -185,7 +189,7 @@ def test_no_fd_leak_into_container(rt: Runtime):
     assert sorted(res.stdout.split()) == ["0", "1", "2", "3"]
 
 
-def test_preserve_fds(rt: Runtime):
+def test_preserve_fds(rt: Runtime) -> None:
     leak = rt.tmp_path / "kept.txt"
     leak.write_text("kept")
     bundle = rt.bundle(["sh", "-c", "ls /proc/self/fd; cat <&3 2>/dev/null || echo none"])
@@ -202,7 +206,7 @@ def test_preserve_fds(rt: Runtime):
     assert words[-1] == "kept"
 
 
-def test_no_fd_points_to_host(rt: Runtime):
+def test_no_fd_points_to_host(rt: Runtime) -> None:
     # Beyond stdio (the caller's, by design), no fd may lead to the host.
     script = (
         "for f in /proc/self/fd/*; do [ ${f##*/} -gt 2 ] && readlink $f; done; "
@@ -225,13 +229,13 @@ def test_no_fd_points_to_host(rt: Runtime):
 # ---------------------------------------------------------------- CVE-2024-21626
 
 
-def test_cwd_resolves_inside(rt: Runtime):
+def test_cwd_resolves_inside(rt: Runtime) -> None:
     code, out, err = run_sh(rt, "pwd; readlink /proc/self/cwd", process={"cwd": "/tmp"})
     assert code == 0, err
     assert out.split() == ["/tmp", "/tmp"]
 
 
-def test_cwd_created_inside_rootfs(rt: Runtime):
+def test_cwd_created_inside_rootfs(rt: Runtime) -> None:
     bundle = rt.bundle(["sh", "-c", "readlink /proc/self/cwd"], process={"cwd": "/work/deep"})
     res = rt.run(bundle)
     assert res.returncode == 0, res.stderr
@@ -240,9 +244,11 @@ def test_cwd_created_inside_rootfs(rt: Runtime):
 
 
 @pytest.mark.parametrize("fd", [3, 4, 5, 6, 7, 8])
-def test_cwd_proc_self_fd_never_escapes(rt: Runtime, fd: int):
+def test_cwd_proc_self_fd_never_escapes(rt: Runtime, fd: int) -> None:
     # The CVE-2024-21626 shape: cwd through a runtime fd leaked into the container.
-    bundle = rt.bundle(["sh", "-c", "readlink /proc/self/cwd; ls .."], process={"cwd": f"/proc/self/fd/{fd}"})
+    bundle = rt.bundle(
+        ["sh", "-c", "readlink /proc/self/cwd; ls .."], process={"cwd": f"/proc/self/fd/{fd}"}
+    )
     res = rt.run(bundle)
     assert "Traceback" not in res.stderr
     if res.returncode != 0:
@@ -252,7 +258,7 @@ def test_cwd_proc_self_fd_never_escapes(rt: Runtime, fd: int):
     assert "(unreachable)" not in cwd
 
 
-def test_exec_cwd_resolves_inside(rt: Runtime):
+def test_exec_cwd_resolves_inside(rt: Runtime) -> None:
     cid = rt.run_detached(rt.bundle(SLEEP))
     res = rt.sh(cid, "readlink /proc/self/cwd", "--cwd", "/etc")
     assert res.returncode == 0, res.stderr
@@ -266,7 +272,7 @@ def sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_init_exe_not_writable_from_host(rt: Runtime):
+def test_init_exe_not_writable_from_host(rt: Runtime) -> None:
     cid = rt.create(rt.bundle(SLEEP))
     pid = rt.state(cid)["pid"]
     with pytest.raises(OSError) as info:
@@ -279,7 +285,7 @@ def test_init_exe_not_writable_from_host(rt: Runtime):
     assert "ro" in line.split()[5].split(",")
 
 
-def test_container_pid1_exe_not_writable_inside(rt: Runtime):
+def test_container_pid1_exe_not_writable_inside(rt: Runtime) -> None:
     interp = os.path.realpath(sys.executable)
     before = sha256(interp)
     cid = rt.run_detached(rt.bundle(SLEEP))
@@ -294,7 +300,7 @@ def _proc_self_exe_script(bundle: Path) -> None:
     script.chmod(0o755)
 
 
-def test_proc_self_exe_shebang_run(rt: Runtime):
+def test_proc_self_exe_shebang_run(rt: Runtime) -> None:
     interp = os.path.realpath(sys.executable)
     before = sha256(interp)
     bundle = rt.bundle(["/evil"])
@@ -304,7 +310,7 @@ def test_proc_self_exe_shebang_run(rt: Runtime):
     assert sha256(interp) == before
 
 
-def test_proc_self_exe_shebang_exec(rt: Runtime):
+def test_proc_self_exe_shebang_exec(rt: Runtime) -> None:
     interp = os.path.realpath(sys.executable)
     before = sha256(interp)
     bundle = rt.bundle(SLEEP)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from dockyard.runtime.container import Options
+    from dockyard.runtime.spawn import Helper
     from dockyard.runtime.state import StateRoot
 
 _FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
@@ -101,8 +102,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Verbs that start a container process: their init helper is started before
+# anything else, so its interpreter boots while this one imports and parses.
+_STARTS_PROCESS = frozenset(("create", "run", "exec"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    helper = None
+    if _STARTS_PROCESS.intersection(argv) and not {"-h", "--help"}.intersection(argv):
+        from dockyard.runtime.spawn import Helper
+
+        helper = Helper()
+    try:
+        return _main(argv, helper)
+    finally:
+        if helper is not None and not helper.used:
+            helper.abort()
+
+
+def _main(argv: list[str], helper: Helper | None) -> int:
     args = _parser().parse_args(argv)
+    args.helper = helper
     if args.version:
         from dockyard import __version__
         from dockyard.oci.runtime_spec import OCI_VERSION
@@ -164,7 +185,7 @@ def _options(args: argparse.Namespace) -> Options:
 def _create(args: argparse.Namespace) -> int:
     from dockyard.runtime import container
 
-    container.create(_root(args), args.id, args.bundle, _options(args))
+    container.create(_root(args), args.id, args.bundle, _options(args), args.helper)
     return 0
 
 
@@ -200,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
     root = _root(args)
     if not args.detach:
         _become_subreaper()
-    state = container.create(root, args.id, args.bundle, _options(args))
+    state = container.create(root, args.id, args.bundle, _options(args), args.helper)
     if args.detach:
         container.start(root, args.id)
         return 0
@@ -324,7 +345,7 @@ def _exec(args: argparse.Namespace) -> int:
         raise RuntimeFailure("exec with a terminal needs --console-socket")
     if not args.detach:
         _become_subreaper()
-    pid = container.exec_process(root, args.id, process, _options(args))
+    pid = container.exec_process(root, args.id, process, _options(args), args.helper)
     if args.detach:
         return 0
     _forward_signals(pid)

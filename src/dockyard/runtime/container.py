@@ -108,37 +108,8 @@ def _device_rules(linux: dict[str, Any]) -> dict[str, Any]:
     return resources
 
 
-def _open_ns_paths(linux: dict[str, Any]) -> dict[str, int]:
-    fds: dict[str, int] = {}
-    for ns in linux.get("namespaces") or []:
-        if ns.get("path"):
-            try:
-                fds[ns["type"]] = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as err:
-                for fd in fds.values():
-                    os.close(fd)
-                raise RuntimeFailure(
-                    f"namespace {ns['type']} path {ns['path']}: {err.strerror}"
-                ) from None
-    return fds
-
-
-def _connect_console(path: str | None) -> int:
-    if not path:
-        return -1
-    import socket
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError as err:
-        sock.close()
-        raise RuntimeFailure(f"cannot connect to console socket {path}: {err.strerror}") from None
-    return sock.detach()
-
-
-def _preserved(count: int) -> list[int]:
-    return list(range(3, 3 + count))
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
 
 
 def _hook_state(
@@ -152,14 +123,28 @@ def _hook_state(
     return json.dumps(doc).encode()
 
 
-def create(root: StateRoot, container_id: str, bundle: str, opts: Options) -> ContainerState:
-    """Set up the container and leave its init waiting for `start`."""
-    bundle, config = config_mod.load_bundle(bundle)
-    state_dir = root.reserve(container_id)
+def create(
+    root: StateRoot,
+    container_id: str,
+    bundle: str,
+    opts: Options,
+    helper: spawn.Helper | None = None,
+) -> ContainerState:
+    """Set up the container and leave its init waiting for `start`.
+
+    `helper` is an init helper started earlier (the CLI starts one before it
+    parses its arguments); without one, one is started here.
+    """
+    helper = helper or spawn.Helper()
+    try:
+        bundle, config = config_mod.load_bundle(bundle)
+        state_dir = root.reserve(container_id)
+    except BaseException:
+        helper.abort()
+        raise
     linux = config.get("linux") or {}
     manager: CgroupManager | None = None
     init_pid = 0
-    fds: list[int] = []
     try:
         from dockyard.runtime import cgroups
 
@@ -171,20 +156,17 @@ def create(root: StateRoot, container_id: str, bundle: str, opts: Options) -> Co
         os.mkfifo(fifo, 0o622)
         # Like runc: the container's root (maybe a mapped uid) must open it for writing.
         os.chown(fifo, _host_root(linux, "uidMappings"), _host_root(linux, "gidMappings"))
-        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
-        ns_fds = _open_ns_paths(linux)
-        console_fd = _connect_console(opts.console_socket)
-        fds = [fifo_fd, *ns_fds.values()] + ([console_fd] if console_fd >= 0 else [])
-        wanted = {n["type"] for n in linux.get("namespaces") or []}
+        namespaces = linux.get("namespaces") or []
+        wanted = {n["type"] for n in namespaces}
         rootfs = config_mod.rootfs_path(config, bundle)
         payload = {
             "mode": "create",
             "config": config,
             "rootfs": rootfs,
             "bundle": bundle,
-            "ns_fds": ns_fds,
-            "fifo_fd": fifo_fd,
-            "console_fd": console_fd,
+            "ns_paths": {n["type"]: n["path"] for n in namespaces if n.get("path")},
+            "fifo_path": fifo,
+            "console_socket": _absolute(opts.console_socket),
             "no_pivot": opts.no_pivot,
             "preserve_fds": opts.preserve_fds,
             "cgroup": _cgroup_view(manager, "cgroup" in wanted),
@@ -197,12 +179,12 @@ def create(root: StateRoot, container_id: str, bundle: str, opts: Options) -> Co
             cgroup.apply(_device_rules(linux))
             return cgroup
 
-        helper, chan = spawn.spawn(payload, fds + _preserved(opts.preserve_fds), make_cgroup)
+        helper.send(payload, make_cgroup)
         try:
-            init_pid = _await_ready(chan, helper, container_id, bundle, config)
+            init_pid = _await_ready(helper.chan, helper.pid, container_id, bundle, config)
         finally:
-            chan.close()
-            _reap(helper)
+            helper.chan.close()
+            helper.reap()
         start_time = pid_start_time(init_pid)
         if start_time is None:
             raise RuntimeFailure("container init exited during create")
@@ -223,11 +205,9 @@ def create(root: StateRoot, container_id: str, bundle: str, opts: Options) -> Co
             write_atomic(os.path.abspath(opts.pid_file), str(init_pid).encode())
         return state
     except BaseException:
+        helper.abort()
         _undo_create(state_dir, manager, init_pid)
         raise
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def _await_ready(
@@ -270,13 +250,6 @@ def _host_root(linux: dict[str, Any], key: str) -> int:
         if m["containerID"] <= 0 < m["containerID"] + m["size"]:
             return int(m["hostID"]) - int(m["containerID"])
     return -1
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def _undo_create(state_dir: str, manager: CgroupManager | None, init_pid: int) -> None:
@@ -476,31 +449,31 @@ def exec_process(
     container_id: str,
     process: dict[str, Any],
     opts: Options,
+    helper: spawn.Helper | None = None,
 ) -> int:
     """Start one more process in a created or running container; returns its host pid."""
-    state = root.load(container_id)
-    status = state.status()
-    if status not in (spec.STATUS_CREATED, spec.STATUS_RUNNING):
-        raise RuntimeFailure(f'cannot exec in container "{container_id}": it is {status}')
-    linux = state.config.get("linux") or {}
-    ns_fds = _target_namespaces(state.pid)
-    console_fd = _connect_console(opts.console_socket)
-    fds = list(ns_fds.values()) + ([console_fd] if console_fd >= 0 else [])
-    payload = {
-        "mode": "exec",
-        "process": process,
-        "linux": {"seccomp": linux.get("seccomp"), "namespaces": linux.get("namespaces") or []},
-        "ns_fds": ns_fds,
-        "console_fd": console_fd,
-        "preserve_fds": opts.preserve_fds,
-        "debug": opts.debug,
-    }
+    helper = helper or spawn.Helper()
     try:
+        state = root.load(container_id)
+        status = state.status()
+        if status not in (spec.STATUS_CREATED, spec.STATUS_RUNNING):
+            raise RuntimeFailure(f'cannot exec in container "{container_id}": it is {status}')
+        linux = state.config.get("linux") or {}
+        payload = {
+            "mode": "exec",
+            "process": process,
+            "linux": {"seccomp": linux.get("seccomp"), "namespaces": linux.get("namespaces") or []},
+            "ns_paths": _target_namespaces(state.pid),
+            "console_socket": _absolute(opts.console_socket),
+            "preserve_fds": opts.preserve_fds,
+            "debug": opts.debug,
+        }
         manager = _cgroup_manager(state.cgroup_path)
-        helper, chan = spawn.spawn(payload, fds + _preserved(opts.preserve_fds), lambda: manager)
-    finally:
-        for fd in fds:
-            os.close(fd)
+    except BaseException:
+        helper.abort()
+        raise
+    helper.send(payload, lambda: manager)
+    chan = helper.chan
     try:
         pid = 0
         while True:
@@ -513,7 +486,7 @@ def exec_process(
                 break
     finally:
         chan.close()
-        _reap(helper)
+        helper.reap()
     if not pid:
         raise RuntimeFailure("exec: the process could not be started")
     if opts.pid_file:
@@ -521,18 +494,19 @@ def exec_process(
     return pid
 
 
-def _target_namespaces(pid: int) -> dict[str, int]:
-    """fds of the container's namespaces that differ from ours."""
-    fds: dict[str, int] = {}
+def _target_namespaces(pid: int) -> dict[str, str]:
+    """Paths of the container's namespaces that differ from ours (mnt always)."""
+    paths: dict[str, str] = {}
     for kind, name in _NS_FILES.items():
         theirs = f"/proc/{pid}/ns/{name}"
         try:
-            if os.stat(theirs).st_ino == os.stat(f"/proc/self/ns/{name}").st_ino:
+            ours = os.stat(f"/proc/self/ns/{name}").st_ino
+            if kind != "mount" and os.stat(theirs).st_ino == ours:
                 continue
-            fds[kind] = os.open(theirs, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
-    return fds
+        paths[kind] = theirs
+    return paths
 
 
 def wait_exit(pid: int) -> int:

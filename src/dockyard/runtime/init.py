@@ -35,13 +35,15 @@ NS_FLAGS = {
 _NS_ORDER = ("ipc", "uts", "network", "pid", "cgroup", "time", "mount")
 
 
-def main(cfg_fd: int) -> None:
+def main(cfg_fd: int, chan_read: int, chan_write: int) -> None:
     chunks = []
     while chunk := os.read(cfg_fd, 65536):
         chunks.append(chunk)
     os.close(cfg_fd)
+    if not chunks:
+        os._exit(0)  # the runtime had no use for this helper
     payload: dict[str, Any] = marshal.loads(b"".join(chunks))
-    chan = Channel(*payload["chan"])
+    chan = Channel(chan_read, chan_write)
     try:
         if chan.recv() != "ok":  # the runtime has put us in the container's cgroup
             os._exit(1)
@@ -90,6 +92,31 @@ def _die(chan: Channel, message: str) -> None:
     os._exit(1)
 
 
+def _open_namespaces(paths: dict[str, str]) -> dict[str, int]:
+    fds: dict[str, int] = {}
+    for kind, path in paths.items():
+        try:
+            fds[kind] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise RuntimeFailure(f"namespace {kind} at {path}: {err.strerror}") from None
+    return fds
+
+
+def _connect_console(path: str | None) -> int:
+    """The console socket, connected by path (before the host's paths are gone)."""
+    if not path:
+        return -1
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        sock.close()
+        raise RuntimeFailure(f"cannot connect to console socket {path}: {err.strerror}") from None
+    return sock.detach()
+
+
 def _enter_namespaces(linux: dict[str, Any], ns_fds: dict[str, int], chan: Channel | None) -> None:
     """Join (setns) or create (unshare) every namespace the config lists."""
     syscalls = sc.current()
@@ -113,7 +140,10 @@ def _enter_namespaces(linux: dict[str, Any], ns_fds: dict[str, int], chan: Chann
 def _create(payload: dict[str, Any], chan: Channel) -> None:
     config = payload["config"]
     linux = config.get("linux") or {}
-    _enter_namespaces(linux, payload["ns_fds"], chan)
+    ns_fds = _open_namespaces(payload["ns_paths"])
+    _enter_namespaces(linux, ns_fds, chan)
+    for fd in ns_fds.values():
+        os.close(fd)
     pid = os.fork()
     if pid:
         chan.send(f"pid {pid}")
@@ -145,7 +175,7 @@ def _setup_container(
     rootfs, bundle = payload["rootfs"], payload["bundle"]
     wanted = {n["type"]: n for n in linux.get("namespaces") or []}
     os.setsid()
-    if "network" in wanted and "network" not in payload["ns_fds"]:
+    if "network" in wanted and "network" not in payload["ns_paths"]:
         _bring_up_loopback()
     mounts.prepare_root(rootfs, linux.get("rootfsPropagation"))
     has_devpts = dev_bound = False
@@ -167,6 +197,9 @@ def _setup_container(
         import subprocess  # noqa: F401 - needed after pivot_root, when the stdlib is gone
     terminal = bool(process.get("terminal"))
     _preload(process, linux)
+    # Handles on host paths, taken while they are still in reach.
+    fifo_fd = os.open(payload["fifo_path"], os.O_PATH | os.O_CLOEXEC)
+    console_fd = _connect_console(payload["console_socket"]) if terminal else -1
     mounts.pivot(rootfs, payload["no_pivot"])
     mounts.finish_propagation(linux.get("rootfsPropagation"))
     for key, value in (linux.get("sysctl") or {}).items():
@@ -182,7 +215,7 @@ def _setup_container(
     if config.get("domainname"):
         syscalls.setdomainname(config["domainname"])
     if terminal:
-        _attach_console(payload["console_fd"], process)
+        _attach_console(console_fd, process)
     rlimits.apply(process.get("rlimits") or [])
     _oom_score_adj(process)
     env = _environment(process)
@@ -190,10 +223,10 @@ def _setup_container(
     os.chdir(process.get("cwd") or "/")
     chan.send("ready")
     chan.close()
-    fifo = os.open(f"/proc/self/fd/{payload['fifo_fd']}", os.O_WRONLY | os.O_CLOEXEC)
+    fifo = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
     os.write(fifo, b"0")
     os.close(fifo)
-    os.close(payload["fifo_fd"])
+    os.close(fifo_fd)
     if all_hooks.get("startContainer"):
         hooks.run("startContainer", all_hooks["startContainer"], state_json)
     _finish_and_exec(path, process, linux, payload["preserve_fds"])
@@ -307,8 +340,11 @@ def _exec(payload: dict[str, Any], chan: Channel) -> None:
     process = payload["process"]
     linux = payload["linux"]
     _preload(process, linux)
-    _enter_namespaces(linux, payload["ns_fds"], None)
-    for fd in payload["ns_fds"].values():
+    terminal = bool(process.get("terminal"))
+    console_fd = _connect_console(payload["console_socket"]) if terminal else -1
+    ns_fds = _open_namespaces(payload["ns_paths"])
+    _enter_namespaces(linux, ns_fds, None)
+    for fd in ns_fds.values():
         os.close(fd)
     pid = os.fork()
     if pid:
@@ -316,10 +352,9 @@ def _exec(payload: dict[str, Any], chan: Channel) -> None:
         os._exit(0)
     from dockyard.runtime import rlimits
 
-    terminal = bool(process.get("terminal"))
     if terminal:
         os.setsid()
-        _attach_console(payload["console_fd"], process)
+        _attach_console(console_fd, process)
     cwd = process.get("cwd") or "/"
     try:
         os.chdir(cwd)

@@ -6,8 +6,9 @@ then on /proc/<pid>/exe of every runtime process a container can see (and the
 `#!/proc/self/exe` trick, CVE-2019-5736) leads to a read-only file: the host's
 interpreter can't be overwritten from inside.
 
-Runtime and init talk over two pipes, one line per message: `maps`, `pid N`,
-`hooks`, `ready`, `error MESSAGE` from init; `ok [DATA]` from the runtime.
+The config goes to init over a third pipe, marshalled. Runtime and init talk
+over two pipes, one line per message: `maps`, `pid N`, `hooks`, `ready`,
+`error MESSAGE` from init; `ok [DATA]` from the runtime.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 _SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (
     f"import sys;sys.path.insert(0,{_SRC!r});"
-    "from dockyard.runtime.init import main;main(int(sys.argv[1]))"
+    "from dockyard.runtime.init import main;main(*map(int,sys.argv[1:4]))"
 )
 
 
@@ -75,59 +76,88 @@ def interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
-def spawn(
-    payload: dict[str, Any],
-    pass_fds: list[int],
-    cgroup: Callable[[], CgroupManager] | None,
-) -> tuple[int, Channel]:
-    """Fork the init helper and put it in its cgroup; returns (its pid, the channel).
+class Helper:
+    """An init helper, already booting its interpreter, waiting for its orders.
 
-    The cgroup is made and joined here, in the runtime, while the helper boots
-    its interpreter on another core: on cgroup v1 each join waits for an RCU
-    grace period, so doing it in parallel saves most of create's time. The
-    helper waits for the first `ok` before it enters any namespace.
+    Starting it is the first thing `create`, `run` and `exec` do (the CLI does
+    it before it even parses its arguments): the helper's interpreter start
+    then overlaps with the runtime's own imports and config checks. Orders
+    are sent once (`send`); a helper that gets none is `abort`ed.
     """
-    to_init_r, to_init_w = os.pipe()
-    from_init_r, from_init_w = os.pipe()
-    cfg_r, cfg_w = os.pipe()
-    payload["chan"] = (to_init_r, from_init_w)
-    data = marshal.dumps(payload)
-    interp = interpreter()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child ends in execve or _exit
-        try:
-            syscalls = sc.current()
-            syscalls.unshare(sc.CLONE_NEWNS)
-            syscalls.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
-            syscalls.mount(interp, interp, None, sc.MS_BIND)
-            syscalls.mount(None, interp, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
-            for fd in (cfg_r, to_init_r, from_init_w, *pass_fds):
-                os.set_inheritable(fd, True)
-            os.execve(interp, [interp, "-S", "-I", "-c", _BOOT, str(cfg_r)], {})
-        except BaseException as err:
+
+    def __init__(self) -> None:
+        to_init_r, to_init_w = os.pipe()
+        from_init_r, from_init_w = os.pipe()
+        cfg_r, cfg_w = os.pipe()
+        interp = interpreter()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child ends in execve or _exit
             try:
-                os.write(from_init_w, f"error starting container init: {err}\n".encode())
+                syscalls = sc.current()
+                syscalls.unshare(sc.CLONE_NEWNS)
+                syscalls.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+                syscalls.mount(interp, interp, None, sc.MS_BIND)
+                syscalls.mount(None, interp, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+                fds = (cfg_r, to_init_r, from_init_w)
+                for fd in fds:
+                    os.set_inheritable(fd, True)
+                os.execve(interp, [interp, "-S", "-I", "-c", _BOOT, *map(str, fds)], {})
+            except BaseException as err:
+                try:
+                    os.write(from_init_w, f"error starting container init: {err}\n".encode())
+                finally:
+                    os._exit(127)
+        for fd in (to_init_r, from_init_w, cfg_r):
+            os.close(fd)
+        self.pid = pid
+        self.chan = Channel(from_init_r, to_init_w)
+        self._cfg_w = cfg_w
+        self.used = False
+        from dockyard.runtime.cgroups.warm import AttachLockWarmer
+
+        self._warmer = AttachLockWarmer()
+
+    def send(self, payload: dict[str, Any], cgroup: Callable[[], CgroupManager] | None) -> None:
+        """Give the helper its orders, then put it in its cgroup and let it go.
+
+        The cgroup join happens here, while the helper reads its orders: on
+        cgroup v1 each join waits for an RCU grace period. The helper waits
+        for the `ok` before it enters any namespace.
+        """
+        self.used = True
+        try:
+            try:
+                _write_all(self._cfg_w, marshal.dumps(payload))
+            except BrokenPipeError:
+                pass  # the helper died before reading; its error message says why
             finally:
-                os._exit(127)
-    for fd in (to_init_r, from_init_w, cfg_r):
-        os.close(fd)
-    chan = Channel(from_init_r, to_init_w)
-    try:
-        _write_all(cfg_w, data)
-    except BrokenPipeError:
-        pass  # the child failed before reading; its error message says why
-    finally:
-        os.close(cfg_w)
-    try:
-        if cgroup is not None:
-            cgroup().add_process(pid)
-        chan.send("ok")
-    except BaseException:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        chan.close()
-        raise
-    return pid, chan
+                os.close(self._cfg_w)
+            if cgroup is not None:
+                cgroup().add_process(self.pid)
+            self._warmer.stop()
+            self.chan.send("ok")
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Kill a helper that won't be used (or failed) and release its pipes."""
+        self._warmer.stop()
+        try:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        if not self.used:
+            os.close(self._cfg_w)
+            self.used = True
+        self.chan.close()
+
+    def reap(self) -> None:
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
