@@ -24,11 +24,15 @@ if TYPE_CHECKING:
 _FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _global_parser() -> argparse.ArgumentParser:
     import argparse
 
+    verbs = "\n".join(f"  {name:<10} {help_text}" for name, (help_text, _, _) in _VERBS.items())
     p = argparse.ArgumentParser(
-        prog="dockyard-runtime", description="An OCI runtime (runc-compatible)."
+        prog="dockyard-runtime",
+        description="An OCI runtime (runc-compatible).",
+        epilog=f"commands:\n{verbs}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--root", default=None, help="state directory (default /run/dockyard-runtime)")
     p.add_argument("--log", default=None, help="also write errors to this file")
@@ -38,68 +42,98 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rootless", default=None, help="accepted for runc compatibility")
     p.add_argument("--criu", default=None, help=argparse.SUPPRESS)
     p.add_argument("-v", "--version", action="store_true")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    def verb(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_text)
-        sp.set_defaults(handler=handler)
-        return sp
-
-    def create_flags(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-b", "--bundle", default=".")
-        sp.add_argument("--pid-file")
-        sp.add_argument("--console-socket")
-        sp.add_argument("--no-pivot", action="store_true")
-        sp.add_argument("--no-new-keyring", action="store_true")
-        sp.add_argument("--preserve-fds", type=int, default=0)
-        sp.add_argument("id")
-
-    create_flags(verb("create", _create, "create a container"))
-    sp = verb("run", _run, "create, start and wait for a container")
-    sp.add_argument("-d", "--detach", action="store_true")
-    sp.add_argument("--keep", action="store_true", help="don't delete the container after it exits")
-    create_flags(sp)
-    verb("start", _start, "start a created container").add_argument("id")
-    verb("state", _state, "print a container's state").add_argument("id")
-    sp = verb("kill", _kill, "send a signal to a container")
-    sp.add_argument("-a", "--all", action="store_true")
-    sp.add_argument("id")
-    sp.add_argument("signal", nargs="?", default="SIGTERM")
-    sp = verb("delete", _delete, "delete a container")
-    sp.add_argument("-f", "--force", action="store_true")
-    sp.add_argument("id")
-    sp = verb("exec", _exec, "run a process in a container")
-    sp.add_argument("-p", "--process")
-    sp.add_argument("-t", "--tty", action="store_true")
-    sp.add_argument("-d", "--detach", action="store_true")
-    sp.add_argument("--pid-file")
-    sp.add_argument("--console-socket")
-    sp.add_argument("-e", "--env", action="append", default=[])
-    sp.add_argument("--cwd")
-    sp.add_argument("-u", "--user")
-    sp.add_argument("-g", "--additional-gids", action="append", default=[])
-    sp.add_argument("-c", "--cap", action="append", default=[])
-    sp.add_argument("--no-new-privs", action="store_true")
-    sp.add_argument("--preserve-fds", type=int, default=0)
-    sp.add_argument("--process-label", help="accepted; SELinux is not used")
-    sp.add_argument("--apparmor", help="accepted; AppArmor is not used")
-    sp.add_argument("id")
-    # REMAINDER: like runc, everything after the id is the command (`exec ID sh -c ...`).
-    sp.add_argument("args", nargs=argparse.REMAINDER)
-    sp = verb("ps", _ps, "list a container's processes")
-    sp.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    sp.add_argument("id")
-    sp.add_argument("ps_args", nargs="*")
-    sp = verb("list", _list, "list containers")
-    sp.add_argument("-q", "--quiet", action="store_true")
-    sp.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    verb("pause", _pause, "freeze a container").add_argument("id")
-    verb("resume", _resume, "thaw a paused container").add_argument("id")
-    verb("features", _features, "print the runtime's features as JSON")
-    sp = verb("spec", _spec, "write a default config.json")
-    sp.add_argument("-b", "--bundle", default=".")
-    sp.add_argument("--rootless", action="store_true")
+    p.add_argument("command", nargs="?", choices=list(_VERBS), metavar="COMMAND")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Global flags, then only the chosen verb's parser is built (start-up time)."""
+    import argparse
+
+    args = _global_parser().parse_args(argv)
+    if args.command:
+        help_text, add_arguments, handler = _VERBS[args.command]
+        verb = argparse.ArgumentParser(
+            prog=f"dockyard-runtime {args.command}", description=help_text
+        )
+        add_arguments(verb)
+        verb.parse_args(args.rest, namespace=args)
+        args.handler = handler
+    return args
+
+
+def _id_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id")
+
+
+def _create_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-b", "--bundle", default=".")
+    p.add_argument("--pid-file")
+    p.add_argument("--console-socket")
+    p.add_argument("--no-pivot", action="store_true")
+    p.add_argument("--no-new-keyring", action="store_true")
+    p.add_argument("--preserve-fds", type=int, default=0)
+    p.add_argument("id")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("--keep", action="store_true", help="don't delete the container after it exits")
+    _create_args(p)
+
+
+def _kill_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("id")
+    p.add_argument("signal", nargs="?", default="SIGTERM")
+
+
+def _delete_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("id")
+
+
+def _exec_args(p: argparse.ArgumentParser) -> None:
+    import argparse
+
+    p.add_argument("-p", "--process")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("--pid-file")
+    p.add_argument("--console-socket")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("--cwd")
+    p.add_argument("-u", "--user")
+    p.add_argument("-g", "--additional-gids", action="append", default=[])
+    p.add_argument("-c", "--cap", action="append", default=[])
+    p.add_argument("--no-new-privs", action="store_true")
+    p.add_argument("--preserve-fds", type=int, default=0)
+    p.add_argument("--process-label", help="accepted; SELinux is not used")
+    p.add_argument("--apparmor", help="accepted; AppArmor is not used")
+    p.add_argument("id")
+    # REMAINDER: like runc, everything after the id is the command (`exec ID sh -c ...`).
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+
+def _ps_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    p.add_argument("id")
+    p.add_argument("ps_args", nargs="*")
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-f", "--format", choices=("table", "json"), default="table")
+
+
+def _no_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-b", "--bundle", default=".")
+    p.add_argument("--rootless", action="store_true")
 
 
 # Verbs that start a container process: their init helper is started before
@@ -122,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str], helper: Helper | None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     args.helper = helper
     if args.version:
         from dockyard import __version__
@@ -131,7 +165,7 @@ def _main(argv: list[str], helper: Helper | None) -> int:
         print(f"dockyard-runtime version {__version__}\nspec: {OCI_VERSION}")
         return 0
     if not getattr(args, "handler", None):
-        _parser().print_help()
+        _global_parser().print_help()
         return 2
     try:
         return int(args.handler(args))
@@ -454,6 +488,24 @@ def _spec(args: argparse.Namespace) -> int:
         json.dump(default_spec(rootless=args.rootless), f, indent="\t")
         f.write("\n")
     return 0
+
+
+# name -> (help, arguments, handler); a verb's parser is built only when it runs.
+_VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
+    "create": ("create a container", _create_args, _create),
+    "start": ("start a created container", _id_only, _start),
+    "run": ("create, start and wait for a container", _run_args, _run),
+    "exec": ("run a process in a container", _exec_args, _exec),
+    "state": ("print a container's state", _id_only, _state),
+    "kill": ("send a signal to a container", _kill_args, _kill),
+    "delete": ("delete a container", _delete_args, _delete),
+    "ps": ("list a container's processes", _ps_args, _ps),
+    "list": ("list containers", _list_args, _list),
+    "pause": ("freeze a container", _id_only, _pause),
+    "resume": ("thaw a paused container", _id_only, _resume),
+    "features": ("print the runtime's features as JSON", _no_args, _features),
+    "spec": ("write a default config.json", _spec_args, _spec),
+}
 
 
 if __name__ == "__main__":
