@@ -110,6 +110,18 @@ def test_poststart_after_startcontainer_repeatedly(rt: Runtime) -> None:
             path.unlink() if path.is_file() else path.rmdir()
 
 
+def test_poststart_waits_for_slow_startcontainer(rt: Runtime) -> None:
+    # The spec: startContainer runs before the user's process, poststart after it.
+    bundle, log = hooks_bundle(rt, ["true"])
+    slow = HOOK.replace("s=$(cat)", "s=$(cat); sleep 0.5")
+    write_script(bundle / "rootfs" / "hook.sh", slow)
+    cid = rt.create(bundle)
+    rt("start", cid).check()
+    rt.wait_status(cid, "stopped", timeout=5)
+    kinds = [entry[0] for entry in log_lines(log)]
+    assert kinds.index("startContainer") < kinds.index("poststart"), kinds
+
+
 def test_run_runs_hooks_and_poststop(rt: Runtime) -> None:
     bundle, log = hooks_bundle(rt, ["true"])
     res = rt.run(bundle)
@@ -151,6 +163,20 @@ def test_create_container_hook_failure(rt: Runtime) -> None:
     assert "createContainer" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (rt.root / cid).exists()
+
+
+def test_start_container_hook_failure(rt: Runtime) -> None:
+    bundle = rt.bundle(SLEEP, hooks={"startContainer": [hook("/fail.sh")]})
+    write_script(bundle / "rootfs" / "fail.sh", "#!/bin/sh\nexit 5\n")
+    cid = rt.create(bundle)
+    res = rt("start", cid)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    # start says the init died; the init's own message is on the container's stderr.
+    assert "init died" in res.stderr
+    errs = "".join(p.read_text() for p in rt.io.glob("*.err"))
+    assert "startContainer hook #0 (/fail.sh) exited 5" in errs
+    rt.wait_status(cid, "stopped")
 
 
 def test_hook_timeout(rt: Runtime) -> None:

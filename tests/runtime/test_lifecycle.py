@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from tests.runtime.helpers import (
+    CLI,
     Runtime,
     assert_one_line_error,
     needs_root,
@@ -93,7 +94,7 @@ def test_run_killed_by_signal_gives_128_plus_n(rt: Runtime) -> None:
     out = rt.io / "sig.out"
     with open(out, "wb") as f:
         proc = subprocess.Popen(
-            [rt_cli(), "--root", str(rt.root), "run", "--bundle", str(bundle), cid],
+            [CLI, "--root", str(rt.root), "run", "--bundle", str(bundle), cid],
             stdout=f,
             stderr=subprocess.STDOUT,
         )
@@ -115,7 +116,7 @@ def test_run_forwards_sigterm(rt: Runtime) -> None:
     cid = rt.new_id()
     with open(rt.io / "term.out", "wb") as f:
         proc = subprocess.Popen(
-            [rt_cli(), "--root", str(rt.root), "run", "--bundle", str(bundle), cid],
+            [CLI, "--root", str(rt.root), "run", "--bundle", str(bundle), cid],
             stdout=f,
             stderr=subprocess.STDOUT,
         )
@@ -128,12 +129,6 @@ def test_run_forwards_sigterm(rt: Runtime) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-
-
-def rt_cli() -> str:
-    from tests.runtime.helpers import CLI
-
-    return CLI
 
 
 def _running(rt: Runtime, cid: str) -> bool:

@@ -87,6 +87,8 @@ def _preload(process: dict[str, Any], linux: dict[str, Any]) -> None:
 def _die(chan: Channel, message: str) -> None:
     try:
         chan.send("error " + message.replace("\n", " "))
+    except BrokenPipeError:
+        pass  # the runtime has closed its end: it has reported the failure itself
     except OSError:
         os.write(2, f"dockyard-runtime init: {message}\n".encode())
     os._exit(1)
@@ -224,11 +226,13 @@ def _setup_container(
     chan.send("ready")
     chan.close()
     fifo = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    # `start` is under way (it opened the fifo); it returns, and runs poststart,
+    # only after the byte: startContainer hooks must come before that.
+    if all_hooks.get("startContainer"):
+        hooks.run("startContainer", all_hooks["startContainer"], state_json)
     os.write(fifo, b"0")
     os.close(fifo)
     os.close(fifo_fd)
-    if all_hooks.get("startContainer"):
-        hooks.run("startContainer", all_hooks["startContainer"], state_json)
     _finish_and_exec(path, process, linux, payload["preserve_fds"])
 
 
