@@ -4,45 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
 
 import pytest
 
 from dockyard.runtime import capabilities, syscalls
 from dockyard.runtime.capabilities import CAPABILITIES, apply, last_cap, mask
 from dockyard.runtime.errors import RuntimeFailure
+from tests.runtime.forking import run_in_child
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def bit(*names: str) -> int:
     return sum(1 << CAPABILITIES[n] for n in names)
-
-
-def run_in_child(fn: Callable[[], str]) -> str:
-    """Run fn in a forked child; return what it returns (or 'error: ...')."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(r)
-            try:
-                out = fn()
-            except BaseException as e:
-                out, code = f"error: {type(e).__name__}: {e}", 1
-            os.write(w, out.encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    out = b"".join(chunks).decode()
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, out
-    return out
 
 
 def status_caps() -> str:

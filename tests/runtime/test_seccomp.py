@@ -7,7 +7,6 @@ import errno
 import functools
 import json
 import os
-import resource
 import signal
 import socket
 import struct
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from dockyard.runtime import seccomp, syscalls
 from dockyard.runtime.errors import RuntimeFailure
+from tests.runtime.forking import fork_child, run_in_child
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading filters needs root or NNP")
 
@@ -48,37 +48,6 @@ BASICS = [
     "lseek",
     "getrandom",
 ]
-
-
-def fork_child(fn: Callable[[], str]) -> tuple[str, int]:
-    """Run fn in a forked child; (what it wrote, wait status). Cores are disabled."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(r)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            try:
-                out = fn()
-            except BaseException as e:
-                out, code = f"error: {type(e).__name__}: {e}", 1
-            os.write(w, out.encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    return b"".join(chunks).decode(), status
-
-
-def run_in_child(fn: Callable[[], str]) -> str:
-    out, status = fork_child(fn)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (out, status)
-    return out
 
 
 def errno_of(call: Callable[[], object]) -> int:

@@ -281,14 +281,23 @@ def _kill_cgroup(manager: CgroupManager, signum: int) -> None:
             pass
 
 
-def start(root: StateRoot, container_id: str) -> ContainerState:
-    """Let a created container's init run the user's program."""
+def _load_when(
+    root: StateRoot, container_id: str, verb: str, allowed: tuple[str, ...]
+) -> tuple[ContainerState, str]:
+    """The container's state and status, if its status allows `verb` (the spec's rules)."""
     state = root.load(container_id)
     status = state.status()
-    if status != spec.STATUS_CREATED:
+    if status not in allowed:
+        wanted = " or ".join(allowed)
         raise RuntimeFailure(
-            f'cannot start container "{container_id}": it is {status}, not created'
+            f'cannot {verb} container "{container_id}": it is {status}, not {wanted}'
         )
+    return state, status
+
+
+def start(root: StateRoot, container_id: str) -> ContainerState:
+    """Let a created container's init run the user's program."""
+    state, _ = _load_when(root, container_id, "start", (spec.STATUS_CREATED,))
     fifo_path = os.path.join(state.state_dir, FIFO_NAME)
     fd = os.open(fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -329,10 +338,8 @@ def state_of(root: StateRoot, container_id: str) -> dict[str, Any]:
 
 
 def kill(root: StateRoot, container_id: str, signum: int, all_processes: bool = False) -> None:
-    state = root.load(container_id)
-    status = state.status()
-    if status not in (spec.STATUS_CREATED, spec.STATUS_RUNNING, spec.STATUS_PAUSED):
-        raise RuntimeFailure(f'cannot kill container "{container_id}": it is {status}')
+    alive = (spec.STATUS_CREATED, spec.STATUS_RUNNING, spec.STATUS_PAUSED)
+    state, status = _load_when(root, container_id, "kill", alive)
     if all_processes:
         manager = _cgroup_manager(state.cgroup_path)
         _kill_cgroup(manager, signum)
@@ -412,20 +419,12 @@ def _wait_gone(state: ContainerState, manager: CgroupManager, timeout: float = 5
 
 
 def pause(root: StateRoot, container_id: str) -> None:
-    state = root.load(container_id)
-    status = state.status()
-    if status != spec.STATUS_RUNNING:
-        raise RuntimeFailure(f'cannot pause container "{container_id}": it is {status}')
+    state, _ = _load_when(root, container_id, "pause", (spec.STATUS_RUNNING,))
     _cgroup_manager(state.cgroup_path).freeze()
 
 
 def resume(root: StateRoot, container_id: str) -> None:
-    state = root.load(container_id)
-    status = state.status()
-    if status != spec.STATUS_PAUSED:
-        raise RuntimeFailure(
-            f'cannot resume container "{container_id}": it is {status}, not paused'
-        )
+    state, _ = _load_when(root, container_id, "resume", (spec.STATUS_PAUSED,))
     _cgroup_manager(state.cgroup_path).thaw()
 
 
@@ -454,10 +453,9 @@ def exec_process(
     """Start one more process in a created or running container; returns its host pid."""
     helper = helper or spawn.Helper()
     try:
-        state = root.load(container_id)
-        status = state.status()
-        if status not in (spec.STATUS_CREATED, spec.STATUS_RUNNING):
-            raise RuntimeFailure(f'cannot exec in container "{container_id}": it is {status}')
+        state, _ = _load_when(
+            root, container_id, "exec in", (spec.STATUS_CREATED, spec.STATUS_RUNNING)
+        )
         linux = state.config.get("linux") or {}
         payload = {
             "mode": "exec",

@@ -139,17 +139,27 @@ def _enter_namespaces(linux: dict[str, Any], ns_fds: dict[str, int], chan: Chann
             syscalls.unshare(NS_FLAGS[kind])
 
 
-def _create(payload: dict[str, Any], chan: Channel) -> None:
-    config = payload["config"]
-    linux = config.get("linux") or {}
-    ns_fds = _open_namespaces(payload["ns_paths"])
-    _enter_namespaces(linux, ns_fds, chan)
+def _enter_and_fork(
+    linux: dict[str, Any], ns_paths: dict[str, str], chan: Channel, create: bool
+) -> None:
+    """Enter the namespaces, then fork (a new pid namespace holds only children).
+
+    Returns in the child; the parent reports the child's pid and exits.
+    """
+    ns_fds = _open_namespaces(ns_paths)
+    _enter_namespaces(linux, ns_fds, chan if create else None)
     for fd in ns_fds.values():
         os.close(fd)
     pid = os.fork()
     if pid:
         chan.send(f"pid {pid}")
         os._exit(0)
+
+
+def _create(payload: dict[str, Any], chan: Channel) -> None:
+    config = payload["config"]
+    linux = config.get("linux") or {}
+    _enter_and_fork(linux, payload["ns_paths"], chan, create=True)
     _setup_container(payload, config, linux, chan)
 
 
@@ -346,14 +356,7 @@ def _exec(payload: dict[str, Any], chan: Channel) -> None:
     _preload(process, linux)
     terminal = bool(process.get("terminal"))
     console_fd = _connect_console(payload["console_socket"]) if terminal else -1
-    ns_fds = _open_namespaces(payload["ns_paths"])
-    _enter_namespaces(linux, ns_fds, None)
-    for fd in ns_fds.values():
-        os.close(fd)
-    pid = os.fork()
-    if pid:
-        chan.send(f"pid {pid}")
-        os._exit(0)
+    _enter_and_fork(linux, payload["ns_paths"], chan, create=False)
     from dockyard.runtime import rlimits
 
     if terminal:
