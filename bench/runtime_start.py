@@ -3,8 +3,10 @@
 Both runtimes run the same busybox bundle, alternating (and swapping which
 goes first each round, so neither always gets the warmer cache), each run with
 a fresh id. The wall time of `run` is timed; `delete --force` afterwards is
-not. Peak RSS is ru_maxrss of the runtime process and the descendants it
-waited for (os.wait4), the max over all runs.
+not. Peak RSS is measured in separate, untimed runs under GNU time (`%M`):
+ru_maxrss of a child forked straight from this Python process would start at
+this process's own RSS (the kernel carries the high-water mark across fork and
+exec), so a small C parent has to do the forking.
 
     bench/runtime_start.py --cache /var/cache/dockyard-test [--runs 30]
         [--runtime PATH] [--peer runc] [--markdown]
@@ -35,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.test_images import DEFAULT_CACHE, busybox_image, make_bundle
 
 DELETE_TIMEOUT = 30.0
+TIME = "/usr/bin/time"  # GNU time (Debian package `time`)
+RSS_RUNS = 5
 
 
 class BenchError(Exception):
@@ -82,8 +86,29 @@ def delete(rt: Runtime, cid: str) -> None:
     )
 
 
-def timed_run(rt: Runtime, bundle: Path, cid: str, errors: IO[bytes]) -> tuple[float, int]:
-    """One `run`: its wall time in seconds and ru_maxrss in KiB; BenchError if it fails."""
+def peak_rss_kib(rt: Runtime, bundle: Path, cid: str) -> int:
+    """Peak RSS (KiB) of `run` and the descendants it waited for, via GNU time."""
+    delete(rt, cid)
+    try:
+        proc = subprocess.run(
+            [TIME, "-f", "%M", str(rt.path), "run", "--bundle", str(bundle), cid],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            capture_output=False,
+            stderr=subprocess.PIPE,
+            timeout=DELETE_TIMEOUT,
+            check=False,
+        )
+    finally:
+        delete(rt, cid)
+    lines = proc.stderr.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not lines or not lines[-1].isdigit():
+        raise BenchError(f"`time {rt.name} run` failed: {' '.join(lines)}")
+    return int(lines[-1])
+
+
+def timed_run(rt: Runtime, bundle: Path, cid: str, errors: IO[bytes]) -> float:
+    """One `run`: its wall time in seconds; BenchError if it fails."""
     errors.seek(0)
     errors.truncate()
     start = time.perf_counter()
@@ -93,26 +118,24 @@ def timed_run(rt: Runtime, bundle: Path, cid: str, errors: IO[bytes]) -> tuple[f
         stdout=subprocess.DEVNULL,
         stderr=errors,  # a file, not a pipe: a chatty runtime can never block on it
     )
-    # wait4 instead of proc.wait(): the same reaping, plus the child's rusage.
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status = os.waitpid(proc.pid, 0)
     elapsed = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         errors.seek(0)
         message = errors.read().decode(errors="replace").strip()
         raise BenchError(f"`{rt.name} run` exited {proc.returncode}:\n{message}")
-    return elapsed, usage.ru_maxrss
+    return elapsed
 
 
 def one_run(rt: Runtime, bundle: Path, cid: str, errors: IO[bytes], record: bool) -> None:
     delete(rt, cid)  # a leftover of that id (from a crashed bench) would make `run` fail
     try:
-        elapsed, rss = timed_run(rt, bundle, cid, errors)
+        elapsed = timed_run(rt, bundle, cid, errors)
     finally:
         delete(rt, cid)
     if record:
         rt.seconds.append(elapsed)
-        rt.max_rss_kib = max(rt.max_rss_kib, rss)
 
 
 def bench(runtimes: list[Runtime], bundle: Path, runs: int, warmup: int) -> None:
@@ -123,6 +146,10 @@ def bench(runtimes: list[Runtime], bundle: Path, runs: int, warmup: int) -> None
             order = runtimes if i % 2 == 0 else runtimes[::-1]
             for j, rt in enumerate(order):
                 one_run(rt, bundle, f"{tag}-{i}-{j}", errors, record=i >= warmup)
+    for rt in runtimes:
+        for i in range(RSS_RUNS):
+            rss = peak_rss_kib(rt, bundle, f"{tag}-rss-{i}")
+            rt.max_rss_kib = max(rt.max_rss_kib, rss)
 
 
 # ---------------------------------------------------------------- report

@@ -142,6 +142,7 @@ _STARTS_PROCESS = frozenset(("create", "run", "exec"))
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_command = argv is None
     argv = sys.argv[1:] if argv is None else argv
     helper = None
     if _STARTS_PROCESS.intersection(argv) and not {"-h", "--help"}.intersection(argv):
@@ -149,10 +150,17 @@ def main(argv: list[str] | None = None) -> int:
 
         helper = Helper()
     try:
-        return _main(argv, helper)
+        code = _main(argv, helper)
     finally:
         if helper is not None and not helper.used:
             helper.abort()
+    if as_command:
+        # Run as the command: nothing is left to clean up but the interpreter,
+        # whose teardown costs milliseconds on every call.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _main(argv: list[str], helper: Helper | None) -> int:
