@@ -265,8 +265,15 @@ def _attach_console(console_fd: int, process: dict[str, Any]) -> None:
 
 def _oom_score_adj(process: dict[str, Any]) -> None:
     if "oomScoreAdj" in process:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(process["oomScoreAdj"]))
+        value = process["oomScoreAdj"]
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(value))
+        except OSError as err:
+            hint = " (lowering it needs CAP_SYS_RESOURCE)" if int(value) < 0 else ""
+            raise RuntimeFailure(
+                f"cannot set process.oomScoreAdj to {value}: {err.strerror}{hint}"
+            ) from None
 
 
 def _environment(process: dict[str, Any]) -> dict[str, str]:

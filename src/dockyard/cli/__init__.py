@@ -1,0 +1,1 @@
+"""The `dockyard` command: Docker-compatible verbs over the engine. Thin: parse, call, print."""

@@ -1,0 +1,85 @@
+"""`dockyard`: the entry point. Each verb lives in a small module and is imported
+only when it runs, so start-up stays cheap (`dockyard --version` imports nothing
+but this file)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    import argparse
+
+# verb -> (module under dockyard.cli, one-line help). Each module has
+# `add_arguments(parser)` and `run(args) -> int`.
+VERBS: dict[str, tuple[str, str]] = {
+    "version": ("system", "show the dockyard version information"),
+}
+
+
+def _version_line() -> str:
+    from dockyard import __version__
+
+    return f"dockyard version {__version__}"
+
+
+def _global_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    verbs = "\n".join(f"  {name:<10} {help_text}" for name, (_, help_text) in VERBS.items())
+    p = argparse.ArgumentParser(
+        prog="dockyard",
+        description="A container platform: Docker's verbs, no daemon needed.",
+        epilog=f"commands:\n{verbs}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--root", default=os.environ.get("DOCKYARD_ROOT"), help="state directory")
+    p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
+    p.add_argument("command", nargs="?", choices=list(VERBS), metavar="COMMAND")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    as_command = argv is None
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["--version"], ["-v"]):
+        print(_version_line())
+        code = 0
+    else:
+        code = _dispatch(argv)
+    if as_command:
+        # Nothing left to clean up but the interpreter, whose teardown costs milliseconds.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _dispatch(argv: list[str]) -> int:
+    import argparse
+    import importlib
+
+    args = _global_parser().parse_args(argv)
+    if args.version:
+        print(_version_line())
+        return 0
+    if not args.command:
+        _global_parser().print_help()
+        return 2
+    module_name, help_text = VERBS[args.command]
+    module = importlib.import_module(f"dockyard.cli.{module_name}")
+    verb = argparse.ArgumentParser(prog=f"dockyard {args.command}", description=help_text)
+    module.add_arguments(args.command, verb)
+    verb.parse_args(args.rest, namespace=args)
+    try:
+        return int(module.run(args.command, args))
+    except Exception as err:  # every user error is one line; anything else is a bug
+        from dockyard.cli.errors import describe
+
+        message = describe(err)
+        if message is None:
+            raise
+        sys.stderr.write(f"Error: {message}\n")
+        return 1

@@ -1,0 +1,39 @@
+"""`dockyard version` (and, later, `info`, `system df/prune/check`)."""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    import argparse
+
+
+def add_arguments(verb: str, parser: argparse.ArgumentParser) -> None:
+    if verb == "version":
+        parser.add_argument("-f", "--format", help="Go-template-style format (only {{json .}})")
+
+
+def run(verb: str, args: argparse.Namespace) -> int:
+    import platform
+
+    from dockyard import __version__
+    from dockyard.oci.image_spec import host_architecture
+    from dockyard.oci.runtime_spec import OCI_VERSION
+
+    info = {
+        "Version": __version__,
+        "ApiVersion": "1.43",
+        "Os": "linux",
+        "Arch": host_architecture(),
+        "KernelVersion": platform.release(),
+        "PythonVersion": platform.python_version(),
+        "OciRuntimeSpec": OCI_VERSION,
+    }
+    if args.format and "json" in args.format:
+        import json
+
+        print(json.dumps({"Client": info}))
+        return 0
+    print("Client: dockyard")
+    for key, value in info.items():
+        print(f" {key + ':':<16}{value}")
+    return 0
