@@ -1,0 +1,1 @@
+"""Storage: the content store (blobs by digest), snapshots and metadata."""
