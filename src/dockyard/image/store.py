@@ -1,0 +1,327 @@
+"""The image store: OCI images in the content store, named by tags in the metadata DB.
+
+An image is its config digest (its ID), a manifest, and layers stored as blobs;
+`unpack` turns the layers into committed snapshots named by chain ID, so each
+layer is unpacked once and shared by every image and container above it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from dockyard.image import reference as refs
+from dockyard.oci import image_spec as spec
+from dockyard.storage import db
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Iterable
+    from typing import Any, BinaryIO
+
+    from dockyard.storage.content import LocalContentStore
+    from dockyard.storage.overlay import OverlaySnapshotter
+
+
+class ImageError(Exception):
+    """An image operation the user asked for can't be done; the message says why."""
+
+
+class ImageNotFound(ImageError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No such image: {name}")
+
+
+class Image:
+    """One image: its ID (config digest), tags, config and manifest digest."""
+
+    def __init__(
+        self, id: str, manifest_digest: str, created: str, size: int, config: dict[str, Any]
+    ) -> None:
+        self.id = id
+        self.manifest_digest = manifest_digest
+        self.created = created
+        self.size = size
+        self.config = config
+        self.tags: list[str] = []
+
+    @property
+    def short_id(self) -> str:
+        return self.id.split(":", 1)[1][:12]
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+
+    @property
+    def chain_ids(self) -> list[str]:
+        return spec.chain_ids(self.diff_ids)
+
+
+class ImageStore:
+    """Images under one state root (content store + DB + snapshotter)."""
+
+    def __init__(self, root: str, conn: sqlite3.Connection | None = None) -> None:
+        from dockyard.storage.content import LocalContentStore
+        from dockyard.storage.overlay import OverlaySnapshotter
+
+        self.root = root
+        self.conn = conn or db.open_db(root)
+        self.content: LocalContentStore = LocalContentStore(root)
+        self.snapshots: OverlaySnapshotter = OverlaySnapshotter(root, lambda: self.conn)
+
+    # ---------------------------------------------------------------- import
+
+    def import_tar(
+        self,
+        stream: BinaryIO,
+        reference: str | None = None,
+        changes: Iterable[str] = (),
+        message: str = "",
+    ) -> Image:
+        """`docker import`: a root file system tar (plain, gzip or zstd) → a one-layer image."""
+        from dockyard.image.changes import apply_changes
+        from dockyard.image.layers import open_layer
+
+        ref = refs.parse(reference) if reference else None
+        container_config = apply_changes({}, list(changes))
+        tar = open_layer(stream)
+        with self.content.writer() as writer:
+            while chunk := tar.read(1 << 20):
+                writer.write(chunk)
+            size = writer.offset
+            diff_id = writer.commit()
+        now = spec.rfc3339(time.time())
+        history = [{"created": now, "created_by": "dockyard import", "comment": message or ""}]
+        config = spec.new_config([diff_id], now, container_config, history)
+        layer = spec.descriptor(spec.MEDIA_LAYER, diff_id, size)
+        return self.add_image(config, [layer], [ref] if ref else [])
+
+    def add_image(
+        self, config: dict[str, Any], layers: list[dict[str, Any]], tags: list[refs.Reference]
+    ) -> Image:
+        """Store config and manifest (layers are already blobs) and record the image."""
+        for layer in layers:
+            if not self.content.has(layer["digest"]):
+                raise ImageError(f"layer {layer['digest']} is not in the content store")
+        config_bytes = spec.canonical(config)
+        config_digest = self.content.put(config_bytes)
+        manifest = spec.new_manifest(
+            spec.descriptor(spec.MEDIA_CONFIG, config_digest, len(config_bytes)), layers
+        )
+        manifest_digest = self.content.put(spec.canonical(manifest))
+        size = sum(int(layer["size"]) for layer in layers)
+        with db.transaction(self.conn) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO images (id, manifest_digest, created, size, config)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    config_digest,
+                    manifest_digest,
+                    config.get("created") or db.now(),
+                    size,
+                    config_bytes.decode(),
+                ),
+            )
+            holders = [config_digest, manifest_digest, *(layer["digest"] for layer in layers)]
+            conn.executemany(
+                "INSERT OR IGNORE INTO blob_refs (digest, holder_kind, holder_id)"
+                " VALUES (?, 'image', ?)",
+                [(d, config_digest) for d in holders],
+            )
+            for ref in tags:
+                conn.execute(
+                    "INSERT OR REPLACE INTO tags (name, image_id) VALUES (?, ?)",
+                    (str(ref), config_digest),
+                )
+        return self.get(config_digest)
+
+    # ---------------------------------------------------------------- lookup
+
+    def _row_to_image(self, row: sqlite3.Row) -> Image:
+        image = Image(
+            row["id"],
+            row["manifest_digest"],
+            row["created"],
+            row["size"],
+            json.loads(row["config"]),
+        )
+        image.tags = [
+            r["name"]
+            for r in self.conn.execute("SELECT name FROM tags WHERE image_id = ?", (image.id,))
+        ]
+        return image
+
+    def get(self, name: str) -> Image:
+        """By reference (`busybox`, `localhost:5000/app:v1`), full or short ID."""
+        row = self._find(name)
+        if row is None:
+            raise ImageNotFound(name)
+        return self._row_to_image(row)
+
+    def _find(self, name: str) -> sqlite3.Row | None:
+        conn = self.conn
+        hex_part = name.removeprefix("sha256:")
+        if hex_part and all(c in "0123456789abcdef" for c in hex_part) and len(hex_part) <= 64:
+            rows = conn.execute(
+                "SELECT * FROM images WHERE id >= ? AND id < ? LIMIT 2",
+                (f"sha256:{hex_part}", f"sha256:{hex_part}g"),
+            ).fetchall()
+            if len(rows) == 1:
+                return rows[0]
+            if len(rows) > 1 and len(hex_part) < 64:
+                raise ImageError(f"image ID prefix {hex_part} is ambiguous: give more digits")
+            if len(hex_part) == 64:
+                return None
+        try:
+            ref = refs.parse(name)
+        except refs.ReferenceError:
+            return None
+        return conn.execute(
+            "SELECT images.* FROM images JOIN tags ON tags.image_id = images.id"
+            " WHERE tags.name = ?",
+            (str(ref),),
+        ).fetchone()
+
+    def list_images(self) -> list[Image]:
+        rows = self.conn.execute("SELECT * FROM images ORDER BY created DESC").fetchall()
+        return [self._row_to_image(row) for row in rows]
+
+    # ---------------------------------------------------------------- tags
+
+    def tag(self, source: str, target: str) -> None:
+        image = self.get(source)
+        ref = refs.parse(target)
+        if ref.digest:
+            raise ImageError(f'cannot tag with a digest reference "{target}": use NAME[:TAG]')
+        with db.transaction(self.conn) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO tags (name, image_id) VALUES (?, ?)", (str(ref), image.id)
+            )
+
+    def remove(self, name: str, force: bool = False) -> list[tuple[str, str]]:
+        """`docker rmi`: untag a name, and delete the image when no tag is left.
+
+        Returns Docker's lines as (kind, value): ("Untagged", name) / ("Deleted", id).
+        """
+        image = self.get(name)
+        done: list[tuple[str, str]] = []
+        by_tag = name not in (image.id, image.id.removeprefix("sha256:")) and not _is_id_prefix(
+            name, image.id
+        )
+        with db.transaction(self.conn) as conn:
+            users = conn.execute(
+                "SELECT id, name FROM containers WHERE image_id = ?", (image.id,)
+            ).fetchall()
+            if by_tag and len(image.tags) > 1:
+                tag = str(refs.parse(name))
+                conn.execute("DELETE FROM tags WHERE name = ?", (tag,))
+                return [("Untagged", refs.parse(tag).familiar())]
+            if len(image.tags) > 1 and not force:
+                raise ImageError(
+                    f"conflict: unable to delete {image.short_id} (must be forced) - "
+                    "image is referenced in multiple repositories"
+                )
+            if users:
+                c = users[0]
+                raise ImageError(
+                    f"conflict: unable to delete {image.short_id} - image is being used by "
+                    f"container {c['id'][:12]} ({c['name']}): remove the container first"
+                )
+            for tag in image.tags:
+                done.append(("Untagged", refs.parse(tag).familiar()))
+            conn.execute(
+                "DELETE FROM blob_refs WHERE holder_kind = 'image' AND holder_id = ?", (image.id,)
+            )
+            conn.execute("DELETE FROM images WHERE id = ?", (image.id,))
+        done.append(("Deleted", image.id))
+        self.collect_garbage()
+        return done
+
+    # ---------------------------------------------------------------- garbage
+
+    def collect_garbage(self) -> list[str]:
+        """Delete blobs no holder references, and layer snapshots no image needs."""
+        from dockyard.storage.snapshots import SnapshotInUse
+
+        removed: list[str] = []
+        referenced = {r[0] for r in self.conn.execute("SELECT DISTINCT digest FROM blob_refs")}
+        for digest in list(self.content.digests()):
+            if digest not in referenced:
+                self.content.delete(digest)
+                removed.append(digest)
+        needed: set[str] = set()
+        for image in self.list_images():
+            needed.update(image.chain_ids)
+        for info in sorted(self.snapshots.walk(), key=lambda i: -_depth(self.snapshots, i.name)):
+            if (
+                info.kind == "committed"
+                and info.name.startswith("sha256:")
+                and info.name not in needed
+            ):
+                try:
+                    self.snapshots.remove(info.name)
+                except SnapshotInUse:  # a container or another layer still stands on it
+                    continue
+        return removed
+
+    # ---------------------------------------------------------------- unpack
+
+    def unpack(self, image: Image) -> str | None:
+        """Commit a snapshot per layer (named by chain ID); returns the top one."""
+        from dockyard.image.layers import apply_layer, open_layer
+        from dockyard.storage.snapshots import SnapshotExists, SnapshotNotFound, unmount
+
+        parent: str | None = None
+        for chain_id, diff_id in zip(image.chain_ids, image.diff_ids, strict=True):
+            try:
+                self.snapshots.stat(chain_id)
+            except SnapshotNotFound:
+                key = f"extract-{os.getpid()}-{time.monotonic_ns()}-{chain_id}"
+                mounts = self.snapshots.prepare(key, parent)
+                target = os.path.join(self.root, "tmp", key.replace(":", "-"))
+                os.makedirs(target, 0o700)
+                try:
+                    for m in mounts:
+                        m.mount(target)
+                    try:
+                        blob = self._layer_blob(image, diff_id)
+                        with self.content.open(blob) as raw:
+                            apply_layer(open_layer(raw), target)
+                    finally:
+                        unmount(target)
+                    try:
+                        self.snapshots.commit(chain_id, key)
+                    except SnapshotExists:
+                        self.snapshots.remove(key)  # another process unpacked it first
+                except BaseException:
+                    try:
+                        self.snapshots.remove(key)
+                    except SnapshotNotFound:
+                        pass
+                    raise
+                finally:
+                    os.rmdir(target)
+            parent = chain_id
+        return parent
+
+    def _layer_blob(self, image: Image, diff_id: str) -> str:
+        manifest = json.loads(self.content.read(image.manifest_digest))
+        index = image.diff_ids.index(diff_id)
+        return str(manifest["layers"][index]["digest"])
+
+
+def _is_id_prefix(name: str, image_id: str) -> bool:
+    hex_part = name.removeprefix("sha256:")
+    return bool(hex_part) and image_id.removeprefix("sha256:").startswith(hex_part)
+
+
+def _depth(snapshots: OverlaySnapshotter, name: str) -> int:
+    depth = 0
+    info = snapshots.stat(name)
+    while info.parent:
+        depth += 1
+        info = snapshots.stat(info.parent)
+    return depth
