@@ -48,6 +48,7 @@ images: venv
 
 demo: venv bytecode images
 	$(VPY) scripts/demo.py --cache $(CACHE)
+	$(VPY) scripts/demo_engine.py --cache $(CACHE)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench scripts

@@ -14,6 +14,19 @@ if TYPE_CHECKING:
 # verb -> (module under dockyard.cli, one-line help). Each module has
 # `add_arguments(parser)` and `run(args) -> int`.
 VERBS: dict[str, tuple[str, str]] = {
+    "run": ("containers", "create and start a container from an image"),
+    "create": ("containers", "create a container"),
+    "start": ("containers", "start stopped containers"),
+    "stop": ("containers", "stop running containers"),
+    "kill": ("containers", "send a signal to running containers"),
+    "rm": ("containers", "remove containers"),
+    "ps": ("containers", "list containers"),
+    "logs": ("containers", "show a container's logs"),
+    "wait": ("containers", "wait for containers to stop; print their exit codes"),
+    "import": ("images", "create an image from a root file system tar"),
+    "images": ("images", "list images"),
+    "tag": ("images", "add a name to an image"),
+    "rmi": ("images", "remove images"),
     "version": ("system", "show the dockyard version information"),
 }
 
@@ -36,7 +49,7 @@ def _global_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", default=os.environ.get("DOCKYARD_ROOT"), help="state directory")
     p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
-    p.add_argument("command", nargs="?", choices=list(VERBS), metavar="COMMAND")
+    p.add_argument("verb", nargs="?", choices=list(VERBS), metavar="COMMAND")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
@@ -65,16 +78,19 @@ def _dispatch(argv: list[str]) -> int:
     if args.version:
         print(_version_line())
         return 0
-    if not args.command:
+    if not args.verb:
         _global_parser().print_help()
         return 2
-    module_name, help_text = VERBS[args.command]
+    module_name, help_text = VERBS[args.verb]
     module = importlib.import_module(f"dockyard.cli.{module_name}")
-    verb = argparse.ArgumentParser(prog=f"dockyard {args.command}", description=help_text)
-    module.add_arguments(args.command, verb)
+    # "resolve": verbs may take -h for themselves (run -h is --hostname); --help stays.
+    verb = argparse.ArgumentParser(
+        prog=f"dockyard {args.verb}", description=help_text, conflict_handler="resolve"
+    )
+    module.add_arguments(args.verb, verb)
     verb.parse_args(args.rest, namespace=args)
     try:
-        return int(module.run(args.command, args))
+        return int(module.run(args.verb, args))
     except Exception as err:  # every user error is one line; anything else is a bug
         from dockyard.cli.errors import describe
 

@@ -175,10 +175,7 @@ class ImageStore:
                 raise ImageError(f"image ID prefix {hex_part} is ambiguous: give more digits")
             if len(hex_part) == 64:
                 return None
-        try:
-            ref = refs.parse(name)
-        except refs.ReferenceError:
-            return None
+        ref = refs.parse(name)  # a malformed name is the user's error, said as such
         return conn.execute(
             "SELECT images.* FROM images JOIN tags ON tags.image_id = images.id"
             " WHERE tags.name = ?",

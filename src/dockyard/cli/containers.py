@@ -1,0 +1,314 @@
+"""Container verbs: run, create, start, stop, kill, rm, ps, logs, wait."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from dockyard.cli.errors import UsageError
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    import argparse
+
+    from dockyard.engine.containers import Container, Engine
+    from dockyard.engine.spec import RunOptions
+
+DEFAULT_ROOT = "/var/lib/dockyard"
+
+
+def engine(args: argparse.Namespace) -> Engine:
+    from dockyard.engine.containers import Engine
+
+    return Engine(args.root or DEFAULT_ROOT)
+
+
+def _create_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("--env-file", action="append", default=[])
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("--entrypoint")
+    p.add_argument("-h", "--hostname")
+    p.add_argument("-l", "--label", action="append", default=[])
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--restart", default="no")
+    p.add_argument("--privileged", action="store_true")
+    p.add_argument("--cap-add", action="append", default=[])
+    p.add_argument("--cap-drop", action="append", default=[])
+    p.add_argument("--security-opt", action="append", default=[])
+    p.add_argument("--network", "--net", default="none")
+    p.add_argument("-m", "--memory")
+    p.add_argument("--cpus")
+    p.add_argument("--pids-limit", type=int)
+    p.add_argument("--rm", action="store_true")
+    p.add_argument("image")
+    p.add_argument("command", nargs="...")
+
+
+def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
+    # -h is --hostname for run/create, as in Docker; help stays on --help.
+    if verb in ("run", "create"):
+        if verb == "run":
+            p.add_argument("-d", "--detach", action="store_true")
+        _create_flags(p)
+    elif verb in ("start", "wait"):
+        p.add_argument("containers", nargs="+")
+    elif verb == "stop":
+        p.add_argument("-t", "--time", type=float, default=10)
+        p.add_argument("containers", nargs="+")
+    elif verb == "kill":
+        p.add_argument("-s", "--signal", default="KILL")
+        p.add_argument("containers", nargs="+")
+    elif verb == "rm":
+        p.add_argument("-f", "--force", action="store_true")
+        p.add_argument("-v", "--volumes", action="store_true")
+        p.add_argument("containers", nargs="+")
+    elif verb == "ps":
+        p.add_argument("-a", "--all", action="store_true")
+        p.add_argument("-q", "--quiet", action="store_true")
+        p.add_argument("--no-trunc", action="store_true")
+    elif verb == "logs":
+        p.add_argument("-f", "--follow", action="store_true")
+        p.add_argument("-t", "--timestamps", action="store_true")
+        p.add_argument("-n", "--tail")
+        p.add_argument("container")
+
+
+def parse_size(text: str) -> int:
+    """Docker's sizes: 64m, 1g, 512k, 1024b, plain bytes."""
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    value = text.strip().lower()
+    unit = value[-1] if value and value[-1] in units else "b"
+    number = value[:-1] if value and value[-1] in units else value
+    try:
+        size = int(float(number) * units[unit])
+    except ValueError:
+        raise UsageError(
+            f'invalid size: "{text}": use a number with an optional b, k, m or g'
+        ) from None
+    if size <= 0:
+        raise UsageError(f'invalid size: "{text}": must be positive')
+    return size
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    import shlex
+
+    from dockyard.engine.spec import RunOptions
+
+    env = list(args.env)
+    for path in args.env_file:
+        with open(path) as f:
+            env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    env = [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env]
+    user: tuple[int, int, list[int]] | None = None
+    if args.user:
+        uid, _, gid = args.user.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise UsageError(
+                f'--user "{args.user}": give UID[:GID] as numbers (names come with a later release)'
+            )
+        user = (int(uid), int(gid or 0), [])
+    resources: dict[str, object] = {}
+    if args.memory:
+        resources["memory"] = {"limit": parse_size(args.memory)}
+    if args.cpus:
+        try:
+            cpus = float(args.cpus)
+        except ValueError:
+            raise UsageError(f'--cpus "{args.cpus}": give a number like 0.5') from None
+        resources["cpu"] = {"quota": int(cpus * 100000), "period": 100000}
+    if args.pids_limit:
+        resources["pids"] = {"limit": args.pids_limit}
+    if args.network not in ("none", "host"):
+        raise UsageError(f'--network "{args.network}": only none and host exist so far')
+    labels = dict(label.partition("=")[::2] for label in args.label)
+    nnp = "no-new-privileges" in args.security_opt or "no-new-privileges:true" in args.security_opt
+    return RunOptions(
+        command=list(args.command) or None,
+        entrypoint=shlex.split(args.entrypoint) if args.entrypoint is not None else None,
+        env=env,
+        workdir=args.workdir,
+        user=user,
+        hostname=args.hostname,
+        tty=args.tty,
+        read_only=args.read_only,
+        privileged=args.privileged,
+        cap_add=args.cap_add,
+        cap_drop=args.cap_drop,
+        no_new_privileges=nnp,
+        network=args.network,
+        resources=resources,
+        labels=labels,
+    )
+
+
+def restart_policy(text: str) -> dict[str, object]:
+    name, _, count = text.partition(":")
+    if name not in ("no", "always", "on-failure", "unless-stopped") or (
+        count and (name != "on-failure" or not count.isdigit())
+    ):
+        raise UsageError(
+            f'invalid restart policy "{text}": use no, always, unless-stopped or on-failure[:N]'
+        )
+    return {"name": name, "maximum_retry_count": int(count or 0)}
+
+
+def run(verb: str, args: argparse.Namespace) -> int:
+    return int(globals()[f"_{verb}"](args))
+
+
+def _create_container(args: argparse.Namespace) -> Container:
+    if args.rm and args.restart != "no":
+        raise UsageError("Conflicting options: --restart and --rm")
+    return engine(args).create(
+        args.image,
+        run_options(args),
+        name=args.name,
+        restart_policy=restart_policy(args.restart),
+        auto_remove=args.rm,
+    )
+
+
+def _create(args: argparse.Namespace) -> int:
+    print(_create_container(args).id)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    eng = engine(args)
+    container = _create_container(args)
+    try:
+        eng.start(container.id)
+    except BaseException:
+        eng.remove(container.id, force=True)
+        raise
+    if args.detach:
+        print(container.id)
+        return 0
+    for stream, _, text in eng.logs(container.id, follow=True):
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.write(text)
+        out.flush()
+    code = eng.wait(container.id)
+    if args.rm:
+        eng.remove(container.id, force=True)
+    return code
+
+
+def _each(args: argparse.Namespace, action: str) -> int:
+    """Apply an action to every named container; errors are printed, status 1 at the end."""
+    eng = engine(args)
+    failed = False
+    for name in args.containers:
+        try:
+            if action == "start":
+                eng.start(name)
+            elif action == "stop":
+                eng.stop(name, timeout=args.time)
+            elif action == "kill":
+                from dockyard.runtime.cli import parse_signal
+
+                eng.kill(name, parse_signal(args.signal))
+            elif action == "rm":
+                eng.remove(name, force=args.force)
+            elif action == "wait":
+                print(eng.wait(name))
+                continue
+            print(name)
+        except Exception as err:  # one line per container, as Docker prints them
+            from dockyard.cli.errors import describe
+
+            message = describe(err)
+            if message is None:
+                raise
+            sys.stderr.write(f"Error response from daemon: {message}\n")
+            failed = True
+    return 1 if failed else 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    return _each(args, "start")
+
+
+def _stop(args: argparse.Namespace) -> int:
+    return _each(args, "stop")
+
+
+def _kill(args: argparse.Namespace) -> int:
+    return _each(args, "kill")
+
+
+def _rm(args: argparse.Namespace) -> int:
+    return _each(args, "rm")
+
+
+def _wait(args: argparse.Namespace) -> int:
+    return _each(args, "wait")
+
+
+def _ago(timestamp: str) -> str:
+    from datetime import UTC, datetime
+
+    try:
+        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    seconds = int((datetime.now(UTC) - then).total_seconds())
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return "Less than a second" if seconds < 1 else f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def status_line(container: Container) -> str:
+    status = container.status()
+    if status == "running":
+        return f"Up {_ago(container.monitor_state.get('started_at') or container.created)}"
+    if status == "exited":
+        finished = container.exit_info.get("finished_at") or container.created
+        return f"Exited ({container.exit_code}) {_ago(finished)} ago"
+    return status.capitalize()
+
+
+def _ps(args: argparse.Namespace) -> int:
+    containers = engine(args).list_containers(all=args.all)
+    if args.quiet:
+        for c in containers:
+            print(c.id if args.no_trunc else c.id[:12])
+        return 0
+    rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]]
+    for c in containers:
+        command = " ".join(c.command)
+        if not args.no_trunc and len(command) > 20:
+            command = command[:19] + "…"
+        rows.append(
+            [
+                c.id if args.no_trunc else c.id[:12],
+                c.image_ref,
+                f'"{command}"',
+                f"{_ago(c.created)} ago",
+                status_line(c),
+                "",
+                c.name,
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    tail = None if args.tail in (None, "all") else int(args.tail)
+    for stream, _, text in engine(args).logs(
+        args.container, follow=args.follow, tail=tail, timestamps=args.timestamps
+    ):
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.write(text)
+        out.flush()
+    return 0

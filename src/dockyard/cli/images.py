@@ -1,0 +1,121 @@
+"""Image verbs: import, images, tag, rmi."""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    import argparse
+
+    from dockyard.image.reference import Reference
+    from dockyard.image.store import ImageStore
+
+
+def store(args: argparse.Namespace) -> ImageStore:
+    from dockyard.cli.containers import DEFAULT_ROOT
+    from dockyard.image.store import ImageStore
+
+    return ImageStore(args.root or DEFAULT_ROOT)
+
+
+def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
+    if verb == "import":
+        p.add_argument("-c", "--change", action="append", default=[])
+        p.add_argument("-m", "--message", default="")
+        p.add_argument("file", help="a root file system tar (plain, gzip or zstd), or - for stdin")
+        p.add_argument("reference", nargs="?")
+    elif verb == "images":
+        p.add_argument("-a", "--all", action="store_true")
+        p.add_argument("-q", "--quiet", action="store_true")
+        p.add_argument("--no-trunc", action="store_true")
+        p.add_argument("--digests", action="store_true")
+        p.add_argument("repository", nargs="?")
+    elif verb == "tag":
+        p.add_argument("source")
+        p.add_argument("target")
+    elif verb == "rmi":
+        p.add_argument("-f", "--force", action="store_true")
+        p.add_argument("images", nargs="+")
+
+
+def run(verb: str, args: argparse.Namespace) -> int:
+    return int(globals()[f"_{verb}"](args))
+
+
+def _import(args: argparse.Namespace) -> int:
+    images = store(args)
+    if args.file == "-":
+        image = images.import_tar(sys.stdin.buffer, args.reference, args.change, args.message)
+    else:
+        with open(args.file, "rb") as f:
+            image = images.import_tar(f, args.reference, args.change, args.message)
+    print(image.id)
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{n}B"
+        n /= 1000  # type: ignore[assignment]  # Docker's sizes are decimal
+    return f"{n}B"
+
+
+def _images(args: argparse.Namespace) -> int:
+    from dockyard.cli.containers import _ago
+    from dockyard.image.reference import parse
+
+    rows = [
+        ["REPOSITORY", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "CREATED", "SIZE"]
+    ]
+    seen: list[str] = []
+    for image in store(args).list_images():
+        names: list[Reference | None] = [parse(t) for t in image.tags] or [None]
+        for ref in names:
+            repo = ref.familiar().rsplit(":", 1)[0] if ref and ref.tag else "<none>"
+            if args.repository and repo != args.repository:
+                continue
+            image_id = image.id if args.no_trunc else image.short_id
+            seen.append(image_id)
+            rows.append(
+                [
+                    repo,
+                    (ref.tag if ref else None) or "<none>",
+                    *([image.manifest_digest] if args.digests else []),
+                    image_id,
+                    f"{_ago(image.created)} ago",
+                    _size(image.size),
+                ]
+            )
+    if args.quiet:
+        for image_id in dict.fromkeys(seen):
+            print(image_id)
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def _tag(args: argparse.Namespace) -> int:
+    store(args).tag(args.source, args.target)
+    return 0
+
+
+def _rmi(args: argparse.Namespace) -> int:
+    from dockyard.cli.errors import describe
+
+    images = store(args)
+    failed = False
+    for name in args.images:
+        try:
+            for kind, value in images.remove(name, force=args.force):
+                print(f"{kind}: {value}")
+        except Exception as err:  # one line per image, as Docker prints them
+            message = describe(err)
+            if message is None:
+                raise
+            sys.stderr.write(f"Error response from daemon: {message}\n")
+            failed = True
+    return 1 if failed else 0

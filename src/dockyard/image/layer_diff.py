@@ -1,0 +1,224 @@
+"""Make OCI layers: an overlayfs upper directory → layer tar (the inverse of `layers`); compress.
+
+Overlay whiteouts (character device 0/0, or a file with `trusted.overlay.whiteout`)
+become `.wh.<name>`; a directory marked `trusted.overlay.opaque=y` gets a
+`.wh..wh..opq` entry right after its own. Ownership, modes, mtimes (whole
+seconds, as Docker writes them), xattrs (minus overlay's own), hard links within
+the upper, symlinks, devices and fifos are kept; sockets are skipped. Entries are
+written in sorted order, in PAX format, with no user/group names, so the same
+upper gives the same bytes and so the same diff_id.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from dockyard.image.layers import WHITEOUT_OPAQUE, WHITEOUT_PREFIX, LayerError, _io
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    import hashlib
+    import tarfile
+    from typing import BinaryIO, Literal
+
+    CompressKind = Literal["gzip", "zstd", "none"]
+
+_CHUNK = 1 << 20
+
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+_OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+_XWHITEOUT = ("trusted.overlay.whiteout", "user.overlay.whiteout")
+_REDIRECT = ("trusted.overlay.redirect", "user.overlay.redirect")
+_METACOPY = ("trusted.overlay.metacopy", "user.overlay.metacopy")
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    found: dict[str, bytes] = {}
+    for name in sorted(names):
+        try:
+            found[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue  # gone meanwhile, or not readable on this filesystem
+    return found
+
+
+def _any(xattrs: dict[str, bytes], names: tuple[str, ...]) -> bytes | None:
+    for name in names:
+        if name in xattrs:
+            return xattrs[name]
+    return None
+
+
+class _Differ:
+    def __init__(self, upper: str, tar: tarfile.TarFile, lowers: list[str]) -> None:
+        self.upper = upper
+        self.tar = tar
+        self.lowers = lowers
+        self.inodes: dict[tuple[int, int], str] = {}
+
+    def info(self, name: str, st: os.stat_result, xattrs: dict[str, bytes]) -> tarfile.TarInfo:
+        import tarfile
+
+        info = tarfile.TarInfo(name)
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.uname = info.gname = ""
+        info.mtime = int(st.st_mtime)
+        info.pax_headers = {
+            "SCHILY.xattr." + key: value.decode("utf-8", "surrogateescape")
+            for key, value in xattrs.items()
+            if not key.startswith(_OVERLAY_XATTRS)
+        }
+        return info
+
+    def whiteout(self, rel: str, st: os.stat_result) -> None:
+        import tarfile
+
+        head, _, base = rel.rpartition("/")
+        info = tarfile.TarInfo((head + "/" if head else "") + WHITEOUT_PREFIX + base)
+        info.mode = 0o644
+        info.uname = info.gname = ""
+        info.mtime = int(st.st_mtime)
+        self.tar.addfile(info)
+
+    def directory(self, rel: str) -> None:
+        """Emit the entries of directory `rel` ("" for the upper root), sorted."""
+        import tarfile
+
+        base = os.path.join(self.upper, rel) if rel else self.upper
+        for entry in sorted(os.listdir(base)):
+            path = os.path.join(base, entry)
+            name = f"{rel}/{entry}" if rel else entry
+            st = os.lstat(path)
+            mode = st.st_mode
+            xattrs = _xattrs(path)
+            if (stat.S_ISCHR(mode) and st.st_rdev == 0) or (
+                stat.S_ISREG(mode) and st.st_size == 0 and _any(xattrs, _XWHITEOUT) is not None
+            ):
+                self.whiteout(name, st)
+                continue
+            if stat.S_ISSOCK(mode):
+                continue  # a tar cannot carry a socket; Docker skips them too
+            info = self.info(name, st, xattrs)
+            if stat.S_ISDIR(mode):
+                if _any(xattrs, _REDIRECT) is not None:
+                    raise LayerError(f"{name}: overlay redirect_dir is not supported")
+                info.type = tarfile.DIRTYPE
+                self.tar.addfile(info)
+                if _any(xattrs, _OPAQUE) == b"y":
+                    opaque = self.info(f"{name}/{WHITEOUT_OPAQUE}", st, {})
+                    opaque.mode = 0o644
+                    self.tar.addfile(opaque)
+                self.directory(name)
+                continue
+            if st.st_nlink > 1:
+                first = self.inodes.setdefault((st.st_dev, st.st_ino), name)
+                if first != name:
+                    info.type, info.linkname = tarfile.LNKTYPE, first
+                    self.tar.addfile(info)
+                    continue
+            if stat.S_ISREG(mode):
+                self.regular(info, path, xattrs)
+            elif stat.S_ISLNK(mode):
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                self.tar.addfile(info)
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                self.tar.addfile(info)
+            elif stat.S_ISFIFO(mode):
+                info.type = tarfile.FIFOTYPE
+                self.tar.addfile(info)
+
+    def regular(self, info: tarfile.TarInfo, path: str, xattrs: dict[str, bytes]) -> None:
+        import tarfile
+
+        source = path
+        if _any(xattrs, _METACOPY) is not None:
+            source = self.lower_data(info.name, xattrs)
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd, "rb") as data:
+            info.type = tarfile.REGTYPE
+            info.size = os.fstat(fd).st_size
+            self.tar.addfile(info, data)
+
+    def lower_data(self, name: str, xattrs: dict[str, bytes]) -> str:
+        """The lower file holding the data of a metacopy-only upper file."""
+        redirect = _any(xattrs, _REDIRECT)
+        rel = redirect.decode("utf-8", "surrogateescape").lstrip("/") if redirect else name
+        for lower in self.lowers:
+            candidate = os.path.join(lower, rel)
+            if os.path.isfile(candidate) and not os.path.islink(candidate):
+                return candidate
+        raise LayerError(f"{name}: metacopy file without its data in the given lowers")
+
+
+def diff_layer(upper: str, out: BinaryIO, *, lowers: list[str] | None = None) -> str:
+    """Write the layer tar (uncompressed) of overlay `upper` to `out`; returns its diff_id.
+
+    `lowers` (top first) are only read for files overlay copied up metadata-only
+    (`metacopy=on`); `redirect_dir` renames are refused.
+    """
+    import hashlib
+    import tarfile
+
+    hasher = hashlib.sha256()
+    sink = _Counting(out, hasher)
+    with tarfile.open(
+        fileobj=_io(sink),
+        mode="w|",
+        format=tarfile.PAX_FORMAT,
+        encoding="utf-8",
+        errors="surrogateescape",
+    ) as tar:
+        _Differ(upper, tar, lowers or []).directory("")
+    sink.flush()
+    return "sha256:" + hasher.hexdigest()
+
+
+def compress(stream_in: BinaryIO, stream_out: BinaryIO, kind: CompressKind) -> int:
+    """Copy `stream_in` to `stream_out` compressed as `kind`; returns the bytes written.
+
+    gzip output has mtime 0 and no file name, so the same input gives the same blob.
+    """
+    counted = _Counting(stream_out)
+    if kind == "gzip":
+        from isal import igzip
+
+        with igzip.IGzipFile(fileobj=_io(counted), mode="wb", mtime=0) as gz:
+            while chunk := stream_in.read(_CHUNK):
+                gz.write(chunk)
+    elif kind == "zstd":
+        import zstandard
+
+        zstandard.ZstdCompressor(level=3).copy_stream(stream_in, _io(counted), read_size=_CHUNK)
+    elif kind == "none":
+        while chunk := stream_in.read(_CHUNK):
+            counted.write(chunk)
+    else:
+        raise ValueError(f"unknown compression {kind!r}")
+    return counted.count
+
+
+class _Counting:
+    """Write-through that counts (and optionally hashes) the bytes written."""
+
+    def __init__(self, out: BinaryIO, hasher: hashlib._Hash | None = None) -> None:
+        self._out = out
+        self._hasher = hasher
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.count += len(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
