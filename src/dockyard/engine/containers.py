@@ -1,0 +1,404 @@
+"""Container lifecycle: the one place that changes container state.
+
+A container is a row in the metadata DB, a writable snapshot over its image's
+layers, and a directory `<root>/containers/<id>/` holding its OCI bundle
+(config.json, rootfs/ where the snapshot is mounted while it runs), its log and
+the files its monitor keeps (exit.json, monitor.json, monitor.pid). Status is
+derived from those files and the processes, so a crash of any dockyard process
+leaves nothing stale to believe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from dockyard.engine.spec import RunOptions
+from dockyard.storage import db
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+    from dockyard.image.store import ImageStore
+
+
+class EngineError(Exception):
+    """A container operation the user asked for can't be done; the message says why."""
+
+
+class ContainerNotFound(EngineError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No such container: {name}")
+
+
+class Container:
+    """A container's record plus what its files say about it now."""
+
+    def __init__(self, row: Any, root: str) -> None:
+        self.id: str = row["id"]
+        self.name: str = row["name"]
+        self.image_id: str = row["image_id"]
+        self.created: str = row["created"]
+        self.config: dict[str, Any] = json.loads(row["config"])
+        self.dir = os.path.join(root, "containers", self.id)
+
+    def _read(self, name: str) -> dict[str, Any]:
+        try:
+            with open(os.path.join(self.dir, name), "rb") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    @property
+    def monitor_state(self) -> dict[str, Any]:
+        return self._read("monitor.json")
+
+    @property
+    def exit_info(self) -> dict[str, Any]:
+        return self._read("exit.json")
+
+    def monitor_pid(self) -> int:
+        try:
+            with open(os.path.join(self.dir, "monitor.pid")) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+        return pid if pid and _alive(pid) else 0
+
+    def status(self) -> str:
+        """Docker's: created, running, paused, restarting, exited."""
+        state = self.monitor_state
+        if self.monitor_pid():
+            status = state.get("status", "running")
+            return "restarting" if status == "restarting" else status
+        return "exited" if self.exit_info or state else "created"
+
+    @property
+    def pid(self) -> int:
+        return int(self.monitor_state.get("pid") or 0) if self.status() == "running" else 0
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.exit_info.get("exit_code", 0))
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "container-json.log")
+
+    @property
+    def image_ref(self) -> str:
+        return str(self.config.get("Image") or self.image_id)
+
+    @property
+    def command(self) -> list[str]:
+        return list(self.config.get("Args") or [])
+
+
+def _alive(pid: int) -> bool:
+    from dockyard.runtime.state import pid_start_time
+
+    return pid_start_time(pid) is not None
+
+
+_ADJECTIVES = (
+    "brave",
+    "calm",
+    "eager",
+    "fancy",
+    "gentle",
+    "happy",
+    "jolly",
+    "keen",
+    "lucid",
+    "merry",
+    "nifty",
+    "proud",
+    "quiet",
+    "sharp",
+    "swift",
+    "tender",
+    "vivid",
+    "witty",
+)
+_NAMES = (
+    "babbage",
+    "curie",
+    "darwin",
+    "euler",
+    "fermi",
+    "gauss",
+    "hopper",
+    "kepler",
+    "lamarr",
+    "lovelace",
+    "noether",
+    "pascal",
+    "ritchie",
+    "shannon",
+    "tesla",
+    "turing",
+    "wozniak",
+)
+
+
+def _random_name() -> str:
+    import secrets
+
+    return f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NAMES)}"
+
+
+def check_name(name: str) -> str:
+    import re
+
+    name = name.removeprefix("/")
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+        raise EngineError(
+            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )
+    return name
+
+
+class Engine:
+    """Containers under one state root."""
+
+    def __init__(self, root: str) -> None:
+        from dockyard.image.store import ImageStore
+
+        self.root = os.path.abspath(root)
+        self.images: ImageStore = ImageStore(self.root)
+        self.conn = self.images.conn
+        self.runtime_root = os.path.join(self.root, "runtime")
+
+    # ---------------------------------------------------------------- lookup
+
+    def get(self, name: str) -> Container:
+        """By name, full ID or unique ID prefix (Docker's rules)."""
+        name = name.removeprefix("/")
+        row = self.conn.execute(
+            "SELECT * FROM containers WHERE id = ? OR name = ?", (name, name)
+        ).fetchone()
+        if row is None and name and all(c in "0123456789abcdef" for c in name):
+            rows = self.conn.execute(
+                "SELECT * FROM containers WHERE id >= ? AND id < ? LIMIT 2", (name, name + "g")
+            ).fetchall()
+            if len(rows) > 1:
+                raise EngineError(f"multiple containers match ID prefix {name}: give more digits")
+            row = rows[0] if rows else None
+        if row is None:
+            raise ContainerNotFound(name)
+        return Container(row, self.root)
+
+    def list_containers(self, all: bool = False) -> list[Container]:
+        rows = self.conn.execute("SELECT * FROM containers ORDER BY created DESC").fetchall()
+        found = [Container(row, self.root) for row in rows]
+        return (
+            found
+            if all
+            else [c for c in found if c.status() in ("running", "paused", "restarting")]
+        )
+
+    # ---------------------------------------------------------------- create
+
+    def create(
+        self,
+        image_name: str,
+        opts: RunOptions,
+        name: str | None = None,
+        restart_policy: dict[str, Any] | None = None,
+        auto_remove: bool = False,
+    ) -> Container:
+        from dockyard.engine import spec
+
+        image = self.images.get(image_name)
+        container_id = db.new_id()
+        wanted = check_name(name) if name else None
+        config = spec.build(container_id, image.config, opts, rootfs="rootfs")
+        top = self.images.unpack(image)
+        directory = os.path.join(self.root, "containers", container_id)
+        self.images.snapshots.prepare(f"container-{container_id}", top)
+        try:
+            os.makedirs(os.path.join(directory, "rootfs"), 0o711)
+            from dockyard.runtime.state import write_atomic
+
+            write_atomic(os.path.join(directory, "config.json"), json.dumps(config).encode())
+            record = {
+                "Image": image_name,
+                "ImageID": image.id,
+                "Args": config["process"]["args"],
+                "Env": config["process"]["env"],
+                "Tty": opts.tty,
+                "Labels": opts.labels,
+                "RestartPolicy": restart_policy or {"name": "no"},
+                "AutoRemove": auto_remove,
+                "Hostname": config["hostname"],
+            }
+            self._insert(container_id, wanted, image.id, record)
+        except BaseException:
+            self._discard(container_id)
+            raise
+        return self.get(container_id)
+
+    def _insert(
+        self, container_id: str, name: str | None, image_id: str, record: dict[str, Any]
+    ) -> None:
+        import sqlite3
+
+        for _ in range(50):
+            candidate = name or _random_name()
+            try:
+                with db.transaction(self.conn) as conn:
+                    conn.execute(
+                        "INSERT INTO containers (id, name, image_id, created, config)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (container_id, candidate, image_id, db.now(), json.dumps(record)),
+                    )
+                return
+            except sqlite3.IntegrityError:
+                if name:
+                    owner = self.conn.execute(
+                        "SELECT id FROM containers WHERE name = ?", (name,)
+                    ).fetchone()
+                    raise EngineError(
+                        f'Conflict. The container name "/{name}" is already in use by container '
+                        f'"{owner[0] if owner else "?"}". You have to remove (or rename) that '
+                        "container to be able to reuse that name."
+                    ) from None
+        raise EngineError("could not find a free container name: give one with --name")
+
+    def _discard(self, container_id: str) -> None:
+        """Undo a create: snapshot, directory (the row is the caller's)."""
+        import shutil
+
+        from dockyard.storage.snapshots import SnapshotNotFound, unmount
+
+        directory = os.path.join(self.root, "containers", container_id)
+        rootfs = os.path.join(directory, "rootfs")
+        if os.path.ismount(rootfs):
+            unmount(rootfs)
+        try:
+            self.images.snapshots.remove(f"container-{container_id}")
+        except SnapshotNotFound:
+            pass
+        shutil.rmtree(directory, ignore_errors=True)
+
+    # ---------------------------------------------------------------- start/stop
+
+    def start(self, name: str) -> Container:
+        from dockyard.engine.monitor import MonitorSpec, spawn_monitor
+
+        container = self.get(name)
+        if container.status() in ("running", "restarting", "paused"):
+            return container
+        rootfs = os.path.join(container.dir, "rootfs")
+        if not os.path.ismount(rootfs):
+            for mount in self.images.snapshots.mounts(f"container-{container.id}"):
+                mount.mount(rootfs)
+        for stale in ("exit.json", "stop", "monitor.json"):
+            try:
+                os.unlink(os.path.join(container.dir, stale))
+            except FileNotFoundError:
+                pass
+        spec = MonitorSpec(
+            container.id,
+            bundle=container.dir,
+            runtime_root=self.runtime_root,
+            container_dir=container.dir,
+            restart_policy=container.config.get("RestartPolicy"),
+        )
+        try:
+            spawn_monitor(spec)
+        except BaseException:
+            self._unmount_rootfs(container)
+            raise
+        return container
+
+    def _unmount_rootfs(self, container: Container) -> None:
+        from dockyard.storage.snapshots import unmount
+
+        rootfs = os.path.join(container.dir, "rootfs")
+        if os.path.ismount(rootfs):
+            unmount(rootfs)
+
+    def kill(self, name: str, signum: int = 9) -> Container:
+        from dockyard.runtime import container as runtime
+        from dockyard.runtime.errors import RuntimeFailure
+        from dockyard.runtime.state import StateRoot
+
+        container = self.get(name)
+        if container.status() != "running":
+            raise EngineError(
+                f"Cannot kill container: {name}: container {container.id[:12]} is not running"
+            )
+        try:
+            runtime.kill(StateRoot(self.runtime_root), container.id, signum)
+        except RuntimeFailure as err:
+            raise EngineError(f"Cannot kill container: {name}: {err}") from None
+        return container
+
+    def stop(self, name: str, timeout: float = 10.0, signum: int = 15) -> Container:
+        container = self.get(name)
+        if container.status() not in ("running", "restarting", "paused"):
+            return container
+        # The stop file tells the monitor not to apply the restart policy.
+        with open(os.path.join(container.dir, "stop"), "w"):
+            pass
+        try:
+            self.kill(container.id, signum)
+        except EngineError:
+            pass
+        if not self._wait_monitor(container, timeout):
+            try:
+                self.kill(container.id, 9)
+            except EngineError:
+                pass
+            self._wait_monitor(container, 10.0)
+        self._unmount_rootfs(container)
+        return container
+
+    def _wait_monitor(self, container: Container, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not container.monitor_pid():
+                return True
+            time.sleep(0.01)
+        return not container.monitor_pid()
+
+    def wait(self, name: str, timeout: float | None = None) -> int:
+        container = self.get(name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while container.monitor_pid():
+            if deadline is not None and time.monotonic() > deadline:
+                raise EngineError(f"container {name} did not exit within {timeout:g}s")
+            time.sleep(0.01)
+        return container.exit_code
+
+    def remove(self, name: str, force: bool = False) -> str:
+        container = self.get(name)
+        if container.status() in ("running", "restarting", "paused"):
+            if not force:
+                raise EngineError(
+                    f"You cannot remove a running container {container.id}. "
+                    "Stop the container before attempting removal or force remove"
+                )
+            self.stop(container.id, timeout=0)
+        self._unmount_rootfs(container)
+        from dockyard.runtime import container as runtime
+        from dockyard.runtime.state import StateRoot
+
+        runtime.delete(StateRoot(self.runtime_root), container.id, force=True)
+        with db.transaction(self.conn) as conn:
+            conn.execute("DELETE FROM containers WHERE id = ?", (container.id,))
+        self._discard(container.id)
+        return container.id
+
+    def logs(self, name: str, **kwargs: Any) -> Iterator[tuple[str, str, str]]:
+        from dockyard.engine.logs import read_logs
+
+        container = self.get(name)
+        if kwargs.get("follow"):
+            kwargs.setdefault("stop", lambda: not container.monitor_pid())
+        return read_logs(container.log_path, **kwargs)
