@@ -4,54 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from scripts.test_images import BusyboxImage
 
-DOCKYARD = str(Path(sys.executable).parent / "dockyard")
+from tests.cli.dockyard_helper import DOCKYARD, Dockyard
 
-
-class Dockyard:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def __call__(
-        self, *args: str, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run(
-            [DOCKYARD, "--root", str(self.root), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert "Traceback" not in out.stderr, out.stderr
-        if check:
-            assert out.returncode == 0, f"dockyard {' '.join(args)}: {out.stderr}"
-        return out
-
-
-@pytest.fixture
-def dy(tmp_path: Path, busybox_image: BusyboxImage) -> Iterator[Dockyard]:
-    d = Dockyard(tmp_path / "root")
-    d("import", str(busybox_image.tar), "busybox")
-    yield d
-    ids = d("ps", "-aq", "--no-trunc", check=False).stdout.split()
-    if ids:
-        d("rm", "-f", *ids, check=False)
-    leftovers = [
-        line
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if str(tmp_path) in line
-    ]
-    assert not leftovers, leftovers
-    for cid in ids:
-        assert not Path(f"/sys/fs/cgroup/pids/dockyard/{cid}").exists()
-    assert not list((tmp_path / "root" / "containers").glob("*"))
+__all__ = ["DOCKYARD", "Dockyard"]  # other test modules import them from here
 
 
 def test_images_tag_rmi(dy: Dockyard) -> None:
