@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "images": ("images", "list images"),
     "tag": ("images", "add a name to an image"),
     "rmi": ("images", "remove images"),
+    "system": ("system", "manage dockyard: system check [--repair]"),
     "version": ("system", "show the dockyard version information"),
 }
 

@@ -10,9 +10,34 @@ if TYPE_CHECKING:
 def add_arguments(verb: str, parser: argparse.ArgumentParser) -> None:
     if verb == "version":
         parser.add_argument("-f", "--format", help="Go-template-style format (only {{json .}})")
+    elif verb == "system":
+        parser.add_argument("action", choices=["check"])
+        parser.add_argument("--repair", action="store_true", help="mend what a crash left behind")
 
 
 def run(verb: str, args: argparse.Namespace) -> int:
+    if verb == "system":
+        return _check(args)
+    return _version(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from dockyard.cli.containers import engine
+    from dockyard.engine.check import check
+
+    findings = check(engine(args), repair=args.repair)
+    for finding in findings:
+        print(finding)
+    left = [f for f in findings if not f.repaired]
+    if not findings:
+        print("ok: blobs, images, snapshots and containers are consistent")
+    elif left:
+        hint = "" if args.repair else "; run `dockyard system check --repair`"
+        print(f"{len(left)} problem(s) left{hint}")
+    return 1 if left else 0
+
+
+def _version(args: argparse.Namespace) -> int:
     import platform
 
     from dockyard import __version__

@@ -44,6 +44,7 @@ class Container:
         self.created: str = row["created"]
         self.config: dict[str, Any] = json.loads(row["config"])
         self.dir = os.path.join(root, "containers", self.id)
+        self.runtime_root = os.path.join(root, "runtime")
 
     def _read(self, name: str) -> dict[str, Any]:
         try:
@@ -75,7 +76,18 @@ class Container:
         if self.monitor_pid():
             status = state.get("status", "running")
             return "restarting" if status == "restarting" else status
+        if state.get("status") in ("running", "restarting") and self._init_alive():
+            return "running"  # its monitor was killed; the container itself runs on
         return "exited" if self.exit_info or state else "created"
+
+    def _init_alive(self) -> bool:
+        from dockyard.runtime.errors import RuntimeFailure
+        from dockyard.runtime.state import StateRoot
+
+        try:
+            return StateRoot(self.runtime_root).load(self.id).init_alive()
+        except RuntimeFailure:
+            return False
 
     @property
     def pid(self) -> int:
@@ -350,27 +362,28 @@ class Engine:
             self.kill(container.id, signum)
         except EngineError:
             pass
-        if not self._wait_monitor(container, timeout):
+        if not self._wait_stopped(container, timeout):
             try:
                 self.kill(container.id, 9)
             except EngineError:
                 pass
-            self._wait_monitor(container, 10.0)
+            self._wait_stopped(container, 10.0)
         self._unmount_rootfs(container)
         return container
 
-    def _wait_monitor(self, container: Container, timeout: float) -> bool:
+    def _wait_stopped(self, container: Container, timeout: float) -> bool:
+        """Until the monitor is done and the container's init is gone."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not container.monitor_pid():
+            if not container.monitor_pid() and not container._init_alive():
                 return True
             time.sleep(0.01)
-        return not container.monitor_pid()
+        return not container.monitor_pid() and not container._init_alive()
 
     def wait(self, name: str, timeout: float | None = None) -> int:
         container = self.get(name)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while container.monitor_pid():
+        while container.status() in ("running", "restarting", "paused"):
             if deadline is not None and time.monotonic() > deadline:
                 raise EngineError(f"container {name} did not exit within {timeout:g}s")
             time.sleep(0.01)

@@ -89,6 +89,11 @@ class ImageStore:
         container_config = apply_changes({}, list(changes))
         tar = open_layer(stream)
         with self.content.writer() as writer:
+            head = b""
+            while len(head) < 512 and (chunk := tar.read(512 - len(head))):
+                head += chunk
+            _check_tar_header(head)
+            writer.write(head)
             while chunk := tar.read(1 << 20):
                 writer.write(chunk)
             size = writer.offset
@@ -100,13 +105,22 @@ class ImageStore:
         return self.add_image(config, [layer], [ref] if ref else [])
 
     def add_image(
-        self, config: dict[str, Any], layers: list[dict[str, Any]], tags: list[refs.Reference]
+        self,
+        config: dict[str, Any],
+        layers: list[dict[str, Any]],
+        tags: list[refs.Reference],
+        config_bytes: bytes | None = None,
     ) -> Image:
-        """Store config and manifest (layers are already blobs) and record the image."""
+        """Store config and manifest (layers are already blobs) and record the image.
+
+        `config_bytes`: the config's exact bytes (from a loaded archive), kept so the
+        image ID stays what it was; by default the canonical JSON of `config`.
+        """
         for layer in layers:
             if not self.content.has(layer["digest"]):
                 raise ImageError(f"layer {layer['digest']} is not in the content store")
-        config_bytes = spec.canonical(config)
+        if config_bytes is None:
+            config_bytes = spec.canonical(config)
         config_digest = self.content.put(config_bytes)
         manifest = spec.new_manifest(
             spec.descriptor(spec.MEDIA_CONFIG, config_digest, len(config_bytes)), layers
@@ -308,6 +322,23 @@ class ImageStore:
         manifest = json.loads(self.content.read(image.manifest_digest))
         index = image.diff_ids.index(diff_id)
         return str(manifest["layers"][index]["digest"])
+
+
+def _check_tar_header(chunk: bytes) -> None:
+    """Refuse what is not a tar before storing it (its first header block)."""
+    import tarfile
+
+    block = chunk[:512]
+    if block == bytes(512):
+        return  # an empty archive
+    if len(block) < 512:
+        raise ImageError("the input is too short to be a tar archive: give a root file system tar")
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        raise ImageError(
+            "the input is not a tar archive (nor gzip/zstd of one): give a root file system tar"
+        ) from None
 
 
 def _is_id_prefix(name: str, image_id: str) -> bool:
