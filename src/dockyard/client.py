@@ -1,0 +1,312 @@
+"""The Python API, shaped like docker-py's models so its users feel at home.
+
+    import dockyard
+    client = dockyard.Client()
+    print(client.containers.run("busybox", ["echo", "hi"], remove=True))
+    web = client.containers.run("busybox", "sleep 60", detach=True, name="web")
+    web.stop(); web.remove()
+
+It calls the same engine functions as the `dockyard` CLI, in this process, with
+no daemon.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dockyard.engine.containers import Container as _Record
+from dockyard.engine.containers import Engine, EngineError
+from dockyard.engine.spec import RunOptions
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
+    from dockyard.image.store import Image as _ImageRecord
+
+DEFAULT_ROOT = "/var/lib/dockyard"
+
+
+class ContainerError(EngineError):
+    """`containers.run` without detach: the command exited non-zero (as docker-py raises)."""
+
+    def __init__(self, container: Container, exit_status: int, command: list[str], stderr: bytes):
+        self.container = container
+        self.exit_status = exit_status
+        self.stderr = stderr
+        super().__init__(
+            f"Command '{' '.join(command)}' in image '{container.image}' returned non-zero "
+            f"exit status {exit_status}: {stderr.decode(errors='replace').strip()}"
+        )
+
+
+class Client:
+    """Everything under one state root (`root`, `DOCKYARD_ROOT`, or /var/lib/dockyard)."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.engine = Engine(root or os.environ.get("DOCKYARD_ROOT") or DEFAULT_ROOT)
+        self.containers = ContainerCollection(self)
+        self.images = ImageCollection(self)
+
+    @classmethod
+    def from_env(cls) -> Client:
+        return cls()
+
+
+class Container:
+    """docker-py's Container model."""
+
+    def __init__(self, client: Client, record: _Record) -> None:
+        self.client = client
+        self._record = record
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def short_id(self) -> str:
+        return self._record.id[:12]
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def status(self) -> str:
+        return self._record.status()
+
+    @property
+    def image(self) -> str:
+        return self._record.image_ref
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self._record.config.get("Labels") or {})
+
+    def reload(self) -> None:
+        self._record = self.client.engine.get(self.id)
+
+    def start(self) -> None:
+        self.client.engine.start(self.id)
+
+    def stop(self, timeout: float = 10) -> None:
+        self.client.engine.stop(self.id, timeout=timeout)
+
+    def kill(self, signal: int | str = 9) -> None:
+        from dockyard.runtime.cli import parse_signal
+
+        self.client.engine.kill(
+            self.id, signal if isinstance(signal, int) else parse_signal(signal)
+        )
+
+    def remove(self, force: bool = False, v: bool = False) -> None:
+        self.client.engine.remove(self.id, force=force)
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        code = self.client.engine.wait(self.id, timeout=timeout)
+        return {"StatusCode": code, "Error": None}
+
+    def logs(
+        self,
+        stdout: bool = True,
+        stderr: bool = True,
+        timestamps: bool = False,
+        tail: int | str = "all",
+        follow: bool = False,
+    ) -> bytes:
+        entries = self.client.engine.logs(
+            self.id,
+            stdout=stdout,
+            stderr=stderr,
+            timestamps=timestamps,
+            tail=None if tail == "all" else int(tail),
+            follow=follow,
+        )
+        return "".join(text for _, _, text in entries).encode()
+
+    def __repr__(self) -> str:
+        return f"<Container: {self.short_id}>"
+
+
+def _as_list(value: str | list[str] | None) -> list[str] | None:
+    import shlex
+
+    if value is None:
+        return None
+    return shlex.split(value) if isinstance(value, str) else list(value)
+
+
+class ContainerCollection:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def create(
+        self,
+        image: str,
+        command: str | list[str] | None = None,
+        *,
+        name: str | None = None,
+        environment: dict[str, str] | list[str] | None = None,
+        working_dir: str | None = None,
+        user: str | int | None = None,
+        hostname: str | None = None,
+        entrypoint: str | list[str] | None = None,
+        labels: dict[str, str] | None = None,
+        read_only: bool = False,
+        privileged: bool = False,
+        cap_add: list[str] | None = None,
+        cap_drop: list[str] | None = None,
+        mem_limit: int | str | None = None,
+        pids_limit: int | None = None,
+        network_mode: str = "none",
+        restart_policy: dict[str, Any] | None = None,
+        auto_remove: bool = False,
+        tty: bool = False,
+    ) -> Container:
+        env = (
+            [f"{k}={v}" for k, v in environment.items()]
+            if isinstance(environment, dict)
+            else list(environment or [])
+        )
+        resources: dict[str, Any] = {}
+        if mem_limit is not None:
+            from dockyard.cli.containers import parse_size
+
+            limit = mem_limit if isinstance(mem_limit, int) else parse_size(mem_limit)
+            resources["memory"] = {"limit": limit}
+        if pids_limit:
+            resources["pids"] = {"limit": pids_limit}
+        uid_gid: tuple[int, int, list[int]] | None = None
+        if user is not None:
+            uid, _, gid = str(user).partition(":")
+            uid_gid = (int(uid), int(gid or 0), [])
+        opts = RunOptions(
+            command=_as_list(command),
+            entrypoint=_as_list(entrypoint),
+            env=env,
+            workdir=working_dir,
+            user=uid_gid,
+            hostname=hostname,
+            tty=tty,
+            read_only=read_only,
+            privileged=privileged,
+            cap_add=cap_add,
+            cap_drop=cap_drop,
+            network=network_mode,
+            resources=resources,
+            labels=labels,
+        )
+        policy = restart_policy or {"Name": "no"}
+        record = self.client.engine.create(
+            image,
+            opts,
+            name=name,
+            restart_policy={
+                "name": policy.get("Name", policy.get("name", "no")),
+                "maximum_retry_count": policy.get(
+                    "MaximumRetryCount", policy.get("maximum_retry_count", 0)
+                ),
+            },
+            auto_remove=auto_remove,
+        )
+        return Container(self.client, record)
+
+    def run(
+        self,
+        image: str,
+        command: str | list[str] | None = None,
+        *,
+        detach: bool = False,
+        remove: bool = False,
+        stdout: bool = True,
+        stderr: bool = False,
+        **kwargs: Any,
+    ) -> Container | bytes:
+        """detach: the running Container; otherwise its output (ContainerError on failure)."""
+        container = self.create(image, command, auto_remove=remove and detach, **kwargs)
+        try:
+            container.start()
+        except BaseException:
+            container.remove(force=True)
+            raise
+        if detach:
+            return container
+        code = container.wait()["StatusCode"]
+        output = container.logs(stdout=stdout, stderr=stderr)
+        if code != 0:
+            error = ContainerError(
+                container,
+                code,
+                container._record.command,
+                container.logs(stdout=False, stderr=True),
+            )
+            if remove:
+                container.remove(force=True)
+            raise error
+        if remove:
+            container.remove(force=True)
+        return output
+
+    def get(self, container_id: str) -> Container:
+        return Container(self.client, self.client.engine.get(container_id))
+
+    def list(self, all: bool = False) -> list[Container]:
+        return [Container(self.client, r) for r in self.client.engine.list_containers(all=all)]
+
+
+class Image:
+    """docker-py's Image model."""
+
+    def __init__(self, client: Client, record: _ImageRecord) -> None:
+        self.client = client
+        self._record = record
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def short_id(self) -> str:
+        return self._record.id[:19]  # "sha256:" + 12, as docker-py
+
+    @property
+    def tags(self) -> list[str]:
+        from dockyard.image.reference import parse
+
+        return [parse(t).familiar() for t in self._record.tags]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict((self._record.config.get("config") or {}).get("Labels") or {})
+
+    def tag(self, repository: str, tag: str | None = None) -> bool:
+        self.client.images.store.tag(self.id, f"{repository}:{tag}" if tag else repository)
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Image: {', '.join(repr(t) for t in self.tags)}>"
+
+
+class ImageCollection:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.store = client.engine.images
+
+    def get(self, name: str) -> Image:
+        return Image(self.client, self.store.get(name))
+
+    def list(self) -> list[Image]:
+        return [Image(self.client, r) for r in self.store.list_images()]
+
+    def remove(self, image: str, force: bool = False) -> None:
+        self.store.remove(image, force=force)
+
+    def import_tar(self, source: str | BinaryIO, repository: str | None = None) -> Image:
+        """`docker import`: a root file system tar (path or binary stream) → an image."""
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                record = self.store.import_tar(f, repository)
+        else:
+            record = self.store.import_tar(source, repository)
+        return Image(self.client, record)
