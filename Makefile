@@ -60,6 +60,7 @@ test: venv bytecode images lint
 
 bench: venv bytecode images
 	$(VPY) bench/runtime_start.py --cache $(CACHE)
+	$(VPY) bench/run_latency.py --cache $(CACHE)
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
