@@ -189,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.detach:
         print(container.id)
         return 0
-    for stream, _, text in eng.logs(container.id, follow=True):
+    # A short poll: the output shows up promptly and `run` returns as soon as it exits.
+    for stream, _, text in eng.logs(container.id, follow=True, poll_interval=0.005):
         out = sys.stdout if stream == "stdout" else sys.stderr
         out.write(text)
         out.flush()
