@@ -252,10 +252,13 @@ def test_add_process_pids_and_stats(root: Path) -> None:
     (leaf / "pids.current").write_text("3\n")
     (leaf / "pids.max").write_text("50\n")
     (leaf / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+    (leaf / "memory.stat").write_text("anon 500\ninactive_file 100\n")
+    (leaf / "io.stat").write_text("8:0 rbytes=10 wbytes=20 rios=1\n8:16 rbytes=5 wbytes=0\n")
     assert mgr.stats() == {
-        "memory": {"usage": 1000, "limit": 0, "max_usage": 2000},
+        "memory": {"usage": 1000, "limit": 0, "max_usage": 2000, "inactive_file": 100},
         "pids": {"current": 3, "limit": 50},
         "cpu": {"usage_ns": 1500000},
+        "blkio": {"read": 15, "write": 20},
     }
 
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import argparse
 
     from dockyard.engine.containers import Container, Engine
+    from dockyard.engine.mountspec import MountSpec
     from dockyard.engine.spec import RunOptions
 
 DEFAULT_ROOT = "/var/lib/dockyard"
@@ -44,6 +45,9 @@ def _create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus")
     p.add_argument("--pids-limit", type=int)
     p.add_argument("--rm", action="store_true")
+    p.add_argument("-v", "--volume", action="append", default=[])
+    p.add_argument("--mount", action="append", default=[])
+    p.add_argument("--tmpfs", action="append", default=[])
     p.add_argument("image")
     p.add_argument("command", nargs="...")
 
@@ -126,7 +130,21 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     if args.network not in ("none", "host"):
         raise UsageError(f'--network "{args.network}": only none and host exist so far')
     labels = dict(label.partition("=")[::2] for label in args.label)
-    nnp = "no-new-privileges" in args.security_opt or "no-new-privileges:true" in args.security_opt
+    nnp = False
+    seccomp: dict[str, object] | str = "default"
+    for opt in args.security_opt:
+        key, _, value = opt.replace("=", ":", 1).partition(":")
+        if key == "no-new-privileges":
+            nnp = value in ("", "true")
+        elif key == "seccomp":
+            seccomp = "unconfined" if value == "unconfined" else _seccomp_file(value)
+        elif key in ("apparmor", "label"):
+            continue  # accepted as Docker does on hosts without AppArmor/SELinux
+        else:
+            raise UsageError(
+                f'invalid --security-opt "{opt}": use no-new-privileges, seccomp=unconfined '
+                "or seccomp=PROFILE.json"
+            )
     return RunOptions(
         command=list(args.command) or None,
         entrypoint=shlex.split(args.entrypoint) if args.entrypoint is not None else None,
@@ -143,7 +161,36 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         network=args.network,
         resources=resources,
         labels=labels,
+        mount_specs=_mount_specs(args),
+        seccomp=seccomp,
     )
+
+
+def _mount_specs(args: argparse.Namespace) -> list[MountSpec]:
+    from dockyard.engine import mountspec
+
+    return [
+        *(mountspec.parse_volume(v) for v in args.volume),
+        *(mountspec.parse_mount(m) for m in args.mount),
+        *(mountspec.parse_tmpfs(t) for t in args.tmpfs),
+    ]
+
+
+def _seccomp_file(path: str) -> dict[str, object]:
+    """A profile in Docker's format (or OCI's); rules are chosen for the container's caps
+    when the container is built, so keep the raw document here and mark it."""
+    import json
+
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError as err:
+        raise UsageError(f"opening seccomp profile ({path}) failed: {err.strerror}") from None
+    except ValueError as err:
+        raise UsageError(f"decoding seccomp profile ({path}) failed: {err}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"seccomp profile ({path}) must be a JSON object")
+    return {"docker_profile": doc}
 
 
 def restart_policy(text: str) -> dict[str, object]:
@@ -196,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
         out.flush()
     code = eng.wait(container.id)
     if args.rm:
-        eng.remove(container.id, force=True)
+        eng.remove(container.id, force=True, volumes=True)
     return code
 
 
@@ -215,7 +262,7 @@ def _each(args: argparse.Namespace, action: str) -> int:
 
                 eng.kill(name, parse_signal(args.signal))
             elif action == "rm":
-                eng.remove(name, force=args.force)
+                eng.remove(name, force=args.force, volumes=args.volumes)
             elif action == "wait":
                 print(eng.wait(name))
                 continue
@@ -268,8 +315,9 @@ def _ago(timestamp: str) -> str:
 
 def status_line(container: Container) -> str:
     status = container.status()
-    if status == "running":
-        return f"Up {_ago(container.monitor_state.get('started_at') or container.created)}"
+    if status in ("running", "paused"):
+        up = f"Up {_ago(container.monitor_state.get('started_at') or container.created)}"
+        return up + " (Paused)" if status == "paused" else up
     if status == "exited":
         finished = container.exit_info.get("finished_at") or container.created
         return f"Exited ({container.exit_code}) {_ago(finished)} ago"

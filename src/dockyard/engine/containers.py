@@ -19,7 +19,8 @@ from dockyard.storage import db
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import sqlite3
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from dockyard.image.store import ImageStore
@@ -75,6 +76,10 @@ class Container:
         state = self.monitor_state
         if self.monitor_pid():
             status = state.get("status", "running")
+            if status == "running" and os.path.exists(os.path.join(self.dir, "paused")):
+                from dockyard.engine.control import frozen
+
+                return "paused" if frozen(self) else "running"
             return "restarting" if status == "restarting" else status
         if state.get("status") in ("running", "restarting") and self._init_alive():
             return "running"  # its monitor was killed; the container itself runs on
@@ -91,7 +96,8 @@ class Container:
 
     @property
     def pid(self) -> int:
-        return int(self.monitor_state.get("pid") or 0) if self.status() == "running" else 0
+        running = self.status() in ("running", "paused")
+        return int(self.monitor_state.get("pid") or 0) if running else 0
 
     @property
     def exit_code(self) -> int:
@@ -224,11 +230,13 @@ class Engine:
         auto_remove: bool = False,
     ) -> Container:
         from dockyard.engine import spec
+        from dockyard.engine.volumes import MountPlan, VolumeStore
 
         image = self.images.get(image_name)
         container_id = db.new_id()
         wanted = check_name(name) if name else None
-        config = spec.build(container_id, image.config, opts, rootfs="rootfs")
+        plan = MountPlan(VolumeStore(self.root, self.conn), image.config, opts)
+        config = spec.build(container_id, image.config, plan.options, rootfs="rootfs")
         top = self.images.unpack(image)
         directory = os.path.join(self.root, "containers", container_id)
         self.images.snapshots.prepare(f"container-{container_id}", top)
@@ -247,15 +255,28 @@ class Engine:
                 "RestartPolicy": restart_policy or {"name": "no"},
                 "AutoRemove": auto_remove,
                 "Hostname": config["hostname"],
+                "Mounts": plan.records,
             }
-            self._insert(container_id, wanted, image.id, record)
+            self._insert(container_id, wanted, image.id, record, plan.attach)
         except BaseException:
             self._discard(container_id)
+            plan.abandon()
+            raise
+        try:  # fill new volumes from the image before the container first starts
+            rootfs = os.path.join(directory, "rootfs")
+            plan.copy_up(rootfs, self.images.snapshots.mounts(f"container-{container_id}"))
+        except BaseException:
+            self.remove(container_id, force=True, volumes=True)
             raise
         return self.get(container_id)
 
     def _insert(
-        self, container_id: str, name: str | None, image_id: str, record: dict[str, Any]
+        self,
+        container_id: str,
+        name: str | None,
+        image_id: str,
+        record: dict[str, Any],
+        attach: Callable[[sqlite3.Connection, str], None] | None = None,
     ) -> None:
         import sqlite3
 
@@ -268,6 +289,8 @@ class Engine:
                         " VALUES (?, ?, ?, ?, ?)",
                         (container_id, candidate, image_id, db.now(), json.dumps(record)),
                     )
+                    if attach is not None:  # its volumes, in the same transaction
+                        attach(conn, container_id)
                 return
             except sqlite3.IntegrityError:
                 if name:
@@ -309,7 +332,7 @@ class Engine:
         if not os.path.ismount(rootfs):
             for mount in self.images.snapshots.mounts(f"container-{container.id}"):
                 mount.mount(rootfs)
-        for stale in ("exit.json", "stop", "monitor.json"):
+        for stale in ("exit.json", "stop", "monitor.json", "paused"):
             try:
                 os.unlink(os.path.join(container.dir, stale))
             except FileNotFoundError:
@@ -341,7 +364,8 @@ class Engine:
         from dockyard.runtime.state import StateRoot
 
         container = self.get(name)
-        if container.status() != "running":
+        status = container.status()
+        if status not in ("running", "paused"):
             raise EngineError(
                 f"Cannot kill container: {name}: container {container.id[:12]} is not running"
             )
@@ -349,6 +373,10 @@ class Engine:
             runtime.kill(StateRoot(self.runtime_root), container.id, signum)
         except RuntimeFailure as err:
             raise EngineError(f"Cannot kill container: {name}: {err}") from None
+        if status == "paused":  # a frozen process gets its signal once thawed
+            from dockyard.engine.control import thaw_for_signal
+
+            thaw_for_signal(container)
         return container
 
     def stop(self, name: str, timeout: float = 10.0, signum: int = 15) -> Container:
@@ -389,7 +417,8 @@ class Engine:
             time.sleep(0.01)
         return container.exit_code
 
-    def remove(self, name: str, force: bool = False) -> str:
+    def remove(self, name: str, force: bool = False, volumes: bool = False) -> str:
+        """`rm`; `volumes` (rm -v) also removes the container's anonymous volumes."""
         container = self.get(name)
         if container.status() in ("running", "restarting", "paused"):
             if not force:
@@ -403,9 +432,14 @@ class Engine:
         from dockyard.runtime.state import StateRoot
 
         runtime.delete(StateRoot(self.runtime_root), container.id, force=True)
+        from dockyard.engine.volumes import VolumeStore, purge
+
+        store = VolumeStore(self.root, self.conn)
         with db.transaction(self.conn) as conn:
+            trash = store.release(conn, container.id, anonymous=volumes)
             conn.execute("DELETE FROM containers WHERE id = ?", (container.id,))
         self._discard(container.id)
+        purge(trash)
         return container.id
 
     def logs(self, name: str, **kwargs: Any) -> Iterator[tuple[str, str, str]]:

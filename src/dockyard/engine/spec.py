@@ -13,6 +13,8 @@ TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as
 if TYPE_CHECKING:
     from typing import Any
 
+    from dockyard.engine.mountspec import MountSpec
+
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # moby's oci/caps/defaults.go
@@ -121,6 +123,8 @@ class RunOptions:
         rlimits: list[dict[str, Any]] | None = None,
         shm_size: int = 64 << 20,
         labels: dict[str, str] | None = None,
+        mount_specs: list[MountSpec] | None = None,
+        seccomp: dict[str, Any] | str = "default",
     ) -> None:
         self.command = command
         self.entrypoint = entrypoint
@@ -141,6 +145,10 @@ class RunOptions:
         self.rlimits = rlimits or []
         self.shm_size = shm_size
         self.labels = labels or {}
+        # "default" (the built-in profile), "unconfined", or an OCI seccomp object.
+        self.seccomp = seccomp
+        # -v/--mount/--tmpfs as parsed (engine.mountspec); the engine turns them into `mounts`
+        self.mount_specs = mount_specs or []
 
 
 class SpecError(ValueError):
@@ -172,11 +180,24 @@ def merge_env(image_env: list[str], extra: list[str]) -> list[str]:
     return list(merged.values())
 
 
+def _host_bounding() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return (1 << 64) - 1
+
+
 def _capabilities(opts: RunOptions) -> list[str]:
     from dockyard.runtime import capabilities
 
     if opts.privileged:
-        return list(capabilities.CAPABILITIES)
+        # Every capability this host can give (its bounding set may lack some).
+        host = _host_bounding()
+        return [c for c, bit in capabilities.CAPABILITIES.items() if host >> bit & 1]
     names = {n if n.upper().startswith("CAP_") else f"CAP_{n}" for n in opts.cap_add}
     caps = set(DOCKER_CAPABILITIES) | {n.upper() for n in names}
     drops = {(n if n.upper().startswith("CAP_") else f"CAP_{n}").upper() for n in opts.cap_drop}
@@ -208,6 +229,17 @@ def build(
         "resources": {"devices": [{"allow": opts.privileged, "access": "rwm"}], **opts.resources},
         "sysctl": dict(opts.sysctls),
     }
+    if not opts.privileged and opts.seccomp != "unconfined":
+        from dockyard.engine import seccomp_profile
+
+        if isinstance(opts.seccomp, dict) and "docker_profile" in opts.seccomp:
+            linux["seccomp"] = seccomp_profile.from_docker_profile(
+                opts.seccomp["docker_profile"], caps
+            )
+        elif isinstance(opts.seccomp, dict):
+            linux["seccomp"] = opts.seccomp
+        else:
+            linux["seccomp"] = seccomp_profile.default_profile(caps)
     if not opts.privileged:
         linux["maskedPaths"] = list(DOCKER_MASKED_PATHS)
         linux["readonlyPaths"] = list(DOCKER_READONLY_PATHS)

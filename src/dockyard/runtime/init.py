@@ -304,6 +304,8 @@ def find_executable(name: str, search_path: str) -> str:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     if "/" in name:
+        if os.path.exists(name):  # there but not runnable: docker maps this to exit 126
+            raise RuntimeFailure(f'exec: "{name}": permission denied')
         # runc's wording: podman/docker map "no such file or directory" to exit 127.
         raise RuntimeFailure(f'exec: "{name}": stat {name}: no such file or directory')
     raise RuntimeFailure(f'exec: "{name}": executable file not found in $PATH')

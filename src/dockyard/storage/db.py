@@ -101,6 +101,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX snapshots_parent ON snapshots(parent_id);
     """,
+    # 2: which containers use which volumes (`volume rm` refuses one in use)
+    """
+    CREATE TABLE container_volumes (
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        volume       TEXT NOT NULL REFERENCES volumes(name),
+        destination  TEXT NOT NULL,
+        PRIMARY KEY (container_id, destination)
+    );
+    CREATE INDEX container_volumes_volume ON container_volumes(volume);
+    """,
 ]
 
 

@@ -15,6 +15,7 @@ from dockyard.runtime.cgroups.base import (
     join,
     read_file,
     read_int,
+    read_keyed,
     remove_tree,
     section,
     wait_until,
@@ -275,6 +276,9 @@ class V1Manager(CgroupManager):
                 "usage": read_int(directory, "memory.usage_in_bytes") or 0,
                 "limit": 0 if limit >= UNLIMITED_V1 else limit,
                 "max_usage": read_int(directory, "memory.max_usage_in_bytes") or 0,
+                "inactive_file": _int(
+                    read_keyed(directory, "memory.stat").get("total_inactive_file")
+                ),
             }
         directory = self._dir("pids")
         if directory and os.path.isdir(directory):
@@ -285,4 +289,17 @@ class V1Manager(CgroupManager):
         directory = self._dir("cpuacct")
         if directory and os.path.isdir(directory):
             out["cpu"] = {"usage_ns": read_int(directory, "cpuacct.usage") or 0}
+        directory = self._dir("blkio")
+        if directory and os.path.isdir(directory):
+            io = {"read": 0, "write": 0}
+            text = read_file(directory, "blkio.throttle.io_service_bytes_recursive") or ""
+            for line in text.splitlines():
+                fields = line.split()
+                if len(fields) == 3 and fields[1] in ("Read", "Write") and fields[2].isdigit():
+                    io[fields[1].lower()] += int(fields[2])
+            out["blkio"] = io
         return out
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else 0

@@ -204,6 +204,7 @@ class V2Manager(CgroupManager):
                 "usage": read_int(d, "memory.current") or 0,
                 "limit": read_int(d, "memory.max") or 0,
                 "max_usage": read_int(d, "memory.peak") or 0,
+                "inactive_file": int(read_keyed(d, "memory.stat").get("inactive_file") or 0),
             }
         if os.path.exists(os.path.join(d, "pids.current")):
             out["pids"] = {
@@ -213,4 +214,12 @@ class V2Manager(CgroupManager):
         usage = read_keyed(d, "cpu.stat").get("usage_usec")
         if usage is not None and usage.isdigit():
             out["cpu"] = {"usage_ns": int(usage) * 1000}
+        if os.path.exists(os.path.join(d, "io.stat")):
+            io = {"read": 0, "write": 0}
+            for line in (read_file(d, "io.stat") or "").splitlines():
+                for item in line.split()[1:]:
+                    key, _, value = item.partition("=")
+                    if key in ("rbytes", "wbytes") and value.isdigit():
+                        io["read" if key == "rbytes" else "write"] += int(value)
+            out["blkio"] = io
         return out
