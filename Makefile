@@ -7,7 +7,7 @@ PYTHON      ?= /usr/bin/python3
 VENV        := .venv
 VPY         := $(VENV)/bin/python
 DEB_PKGS    := python3 python3-venv ca-certificates iproute2 libseccomp2 busybox-static \
-               runc crun umoci podman conmon uidmap skopeo hyperfine time
+               runc crun umoci podman conmon uidmap skopeo hyperfine time tini
 CACHE       ?= /var/cache/dockyard-test
 PYTEST_ARGS ?=
 

@@ -60,6 +60,8 @@ def main() -> int:
     time.sleep(0.3)
     sh("ps")
     sh("logs", NAME)
+    sh("exec", NAME, "ps")
+    sh("stats", "--no-stream", NAME)
     sh("stop", "-t", "1", NAME)
     sh("ps", "-a")
     sh("rm", NAME)

@@ -45,6 +45,9 @@ class Client:
 
     def __init__(self, root: str | None = None) -> None:
         self.engine = Engine(root or os.environ.get("DOCKYARD_ROOT") or DEFAULT_ROOT)
+        # A monitor boots ahead of each start: containers started one after
+        # another don't wait for an interpreter start each.
+        self.engine.keep_warm = True
         self.containers = ContainerCollection(self)
         self.images = ImageCollection(self)
 

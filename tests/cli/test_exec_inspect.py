@@ -49,7 +49,7 @@ def test_exec_errors(dy: Dockyard) -> None:
     assert out.returncode == 126, out.stderr
     assert 'exec: "/etc/passwd": permission denied' in out.stderr
     out = dy("exec", "-it", "box", "sh", check=False)
-    assert out.returncode != 0 and "exec -i/-t is not supported yet" in out.stderr
+    assert out.returncode != 0 and "the input device is not a TTY" in out.stderr
     assert len(out.stderr.splitlines()) == 1
     out = dy("exec", "nosuch", "true", check=False)
     assert out.returncode == 1 and "No such container: nosuch" in out.stderr

@@ -15,7 +15,7 @@ import pytest
 from scripts import test_images
 
 from dockyard.engine.logs import read_logs
-from dockyard.engine.monitor import MonitorSpec, spawn_monitor
+from dockyard.engine.monitor_start import MonitorSpec, spawn_monitor
 from dockyard.runtime import container
 from dockyard.runtime.errors import RuntimeFailure
 from dockyard.runtime.state import StateRoot, pid_start_time

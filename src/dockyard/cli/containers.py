@@ -34,6 +34,7 @@ def _create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-h", "--hostname")
     p.add_argument("-l", "--label", action="append", default=[])
     p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--restart", default="no")
     p.add_argument("--privileged", action="store_true")
@@ -48,6 +49,9 @@ def _create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--volume", action="append", default=[])
     p.add_argument("--mount", action="append", default=[])
     p.add_argument("--tmpfs", action="append", default=[])
+    from dockyard.cli import runflags
+
+    runflags.add_flags(p)
     p.add_argument("image")
     p.add_argument("command", nargs="...")
 
@@ -57,11 +61,16 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     if verb in ("run", "create"):
         if verb == "run":
             p.add_argument("-d", "--detach", action="store_true")
+            p.add_argument("--detach-keys")
         _create_flags(p)
     elif verb in ("start", "wait"):
+        if verb == "start":
+            p.add_argument("-a", "--attach", action="store_true")
+            p.add_argument("-i", "--interactive", action="store_true")
+            p.add_argument("--detach-keys")
         p.add_argument("containers", nargs="+")
     elif verb == "stop":
-        p.add_argument("-t", "--time", type=float, default=10)
+        p.add_argument("-t", "--time", type=float)
         p.add_argument("containers", nargs="+")
     elif verb == "kill":
         p.add_argument("-s", "--signal", default="KILL")
@@ -71,13 +80,15 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("-v", "--volumes", action="store_true")
         p.add_argument("containers", nargs="+")
     elif verb == "ps":
-        p.add_argument("-a", "--all", action="store_true")
-        p.add_argument("-q", "--quiet", action="store_true")
-        p.add_argument("--no-trunc", action="store_true")
+        from dockyard.cli.listing import add_ps_arguments
+
+        add_ps_arguments(p)
     elif verb == "logs":
         p.add_argument("-f", "--follow", action="store_true")
         p.add_argument("-t", "--timestamps", action="store_true")
         p.add_argument("-n", "--tail")
+        p.add_argument("--since")
+        p.add_argument("--until")
         p.add_argument("container")
 
 
@@ -208,15 +219,18 @@ def run(verb: str, args: argparse.Namespace) -> int:
     return int(globals()[f"_{verb}"](args))
 
 
-def _create_container(args: argparse.Namespace) -> Container:
+def _create_container(args: argparse.Namespace, eng: Engine | None = None) -> Container:
     if args.rm and args.restart != "no":
         raise UsageError("Conflicting options: --restart and --rm")
-    return engine(args).create(
+    from dockyard.cli import runflags
+
+    return (eng or engine(args)).create(
         args.image,
-        run_options(args),
+        runflags.extend(run_options(args), args),
         name=args.name,
         restart_policy=restart_policy(args.restart),
         auto_remove=args.rm,
+        interactive=args.interactive,
     )
 
 
@@ -226,16 +240,28 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dockyard.cli.attach import check_input_tty
+    from dockyard.engine.monitor_start import MonitorStarter
+
+    check_input_tty(args)
+
+    early = MonitorStarter()  # boots while this process opens the store and creates
     eng = engine(args)
-    container = _create_container(args)
+    eng.warm_monitor(early)
+    container = _create_container(args, eng)
+    attached = not args.detach and (args.interactive or args.tty)
     try:
-        eng.start(container.id)
+        eng.start(container.id, attach=attached)
     except BaseException:
         eng.remove(container.id, force=True)
         raise
     if args.detach:
         print(container.id)
         return 0
+    if attached:  # a terminal and/or stdin: through the attach socket
+        from dockyard.cli.attach import run_attached
+
+        return run_attached(eng, container, args)
     # A short poll: the output shows up promptly and `run` returns as soon as it exits.
     for stream, _, text in eng.logs(container.id, follow=True, poll_interval=0.005):
         out = sys.stdout if stream == "stdout" else sys.stderr
@@ -279,6 +305,10 @@ def _each(args: argparse.Namespace, action: str) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
+    if args.attach or args.interactive:
+        from dockyard.cli.attach import start_attached
+
+        return start_attached(engine(args), args)
     return _each(args, "start")
 
 
@@ -317,7 +347,11 @@ def status_line(container: Container) -> str:
     status = container.status()
     if status in ("running", "paused"):
         up = f"Up {_ago(container.monitor_state.get('started_at') or container.created)}"
-        return up + " (Paused)" if status == "paused" else up
+        if status == "paused":
+            return up + " (Paused)"
+        from dockyard.engine.health import read_state, status_suffix
+
+        return up + status_suffix(read_state(container.dir))
     if status == "exited":
         finished = container.exit_info.get("finished_at") or container.created
         return f"Exited ({container.exit_code}) {_ago(finished)} ago"
@@ -325,37 +359,24 @@ def status_line(container: Container) -> str:
 
 
 def _ps(args: argparse.Namespace) -> int:
-    containers = engine(args).list_containers(all=args.all)
-    if args.quiet:
-        for c in containers:
-            print(c.id if args.no_trunc else c.id[:12])
-        return 0
-    rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]]
-    for c in containers:
-        command = " ".join(c.command)
-        if not args.no_trunc and len(command) > 20:
-            command = command[:19] + "…"
-        rows.append(
-            [
-                c.id if args.no_trunc else c.id[:12],
-                c.image_ref,
-                f'"{command}"',
-                f"{_ago(c.created)} ago",
-                status_line(c),
-                "",
-                c.name,
-            ]
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
-    return 0
+    from dockyard.cli import listing
+
+    return listing.ps(engine(args), args)
 
 
 def _logs(args: argparse.Namespace) -> int:
+    from dockyard.cli.filters import parse_timestamp
+
     tail = None if args.tail in (None, "all") else int(args.tail)
+    since = parse_timestamp(args.since, "--since") if args.since else None
+    until = parse_timestamp(args.until, "--until") if args.until else None
     for stream, _, text in engine(args).logs(
-        args.container, follow=args.follow, tail=tail, timestamps=args.timestamps
+        args.container,
+        follow=args.follow,
+        tail=tail,
+        timestamps=args.timestamps,
+        since=since,
+        until=until,
     ):
         out = sys.stdout if stream == "stdout" else sys.stderr
         out.write(text)

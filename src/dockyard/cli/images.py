@@ -8,7 +8,6 @@ TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as
 if TYPE_CHECKING:
     import argparse
 
-    from dockyard.image.reference import Reference
     from dockyard.image.store import ImageStore
 
 
@@ -26,11 +25,9 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("file", help="a root file system tar (plain, gzip or zstd), or - for stdin")
         p.add_argument("reference", nargs="?")
     elif verb == "images":
-        p.add_argument("-a", "--all", action="store_true")
-        p.add_argument("-q", "--quiet", action="store_true")
-        p.add_argument("--no-trunc", action="store_true")
-        p.add_argument("--digests", action="store_true")
-        p.add_argument("repository", nargs="?")
+        from dockyard.cli.listing import add_images_arguments
+
+        add_images_arguments(p)
     elif verb == "tag":
         p.add_argument("source")
         p.add_argument("target")
@@ -63,39 +60,9 @@ def _size(n: int) -> str:
 
 
 def _images(args: argparse.Namespace) -> int:
-    from dockyard.cli.containers import _ago
-    from dockyard.image.reference import parse
+    from dockyard.cli.listing import images
 
-    rows = [
-        ["REPOSITORY", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "CREATED", "SIZE"]
-    ]
-    seen: list[str] = []
-    for image in store(args).list_images():
-        names: list[Reference | None] = [parse(t) for t in image.tags] or [None]
-        for ref in names:
-            repo = ref.familiar().rsplit(":", 1)[0] if ref and ref.tag else "<none>"
-            if args.repository and repo != args.repository:
-                continue
-            image_id = image.id if args.no_trunc else image.short_id
-            seen.append(image_id)
-            rows.append(
-                [
-                    repo,
-                    (ref.tag if ref else None) or "<none>",
-                    *([image.manifest_digest] if args.digests else []),
-                    image_id,
-                    f"{_ago(image.created)} ago",
-                    _size(image.size),
-                ]
-            )
-    if args.quiet:
-        for image_id in dict.fromkeys(seen):
-            print(image_id)
-        return 0
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
-    return 0
+    return images(args)
 
 
 def _tag(args: argparse.Namespace) -> int:

@@ -11,8 +11,6 @@ if TYPE_CHECKING:
 
     from dockyard.runtime.spawn import Helper
 
-_FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
-
 
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     import argparse
@@ -21,6 +19,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("-d", "--detach", action="store_true")
         p.add_argument("-i", "--interactive", action="store_true")
         p.add_argument("-t", "--tty", action="store_true")
+        p.add_argument("--detach-keys")
         p.add_argument("-e", "--env", action="append", default=[])
         p.add_argument("--env-file", action="append", default=[])
         p.add_argument("-u", "--user")
@@ -63,24 +62,36 @@ def _exec(args: argparse.Namespace) -> int:
     from dockyard.engine import exec as execs
     from dockyard.engine.containers import EngineError
 
-    if args.interactive or args.tty:
-        raise UsageError("exec -i/-t is not supported yet")
     if not args.command:
         raise UsageError('"dockyard exec" requires at least 2 arguments: CONTAINER COMMAND')
+    from dockyard.cli.attach import check_input_tty
+
+    check_input_tty(args)
     env = list(args.env)
     for path in args.env_file:
         with open(path) as f:
             env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
     opts = execs.ExecOptions(
-        args.command, env=env, user=args.user, workdir=args.workdir, privileged=args.privileged
+        args.command,
+        env=env,
+        user=args.user,
+        workdir=args.workdir,
+        privileged=args.privileged,
+        tty=args.tty and not args.detach,  # a detached exec's terminal would have no reader
     )
-    helper = _helper(args.detach)
+    helper = _helper(args.detach, keep_stdin=(args.interactive or args.tty) and not args.detach)
     try:
         eng = engine(args)
     except BaseException:
         helper.abort()
         raise
     try:
+        if args.tty and not args.detach:  # a pty of our own, proxied like attach
+            from dockyard.cli.attach import exec_attached
+
+            return exec_attached(
+                eng, args.container, opts, helper, args.interactive, args.detach_keys
+            )
         pid = execs.start(eng, args.container, opts, not args.detach, helper)
     except execs.ExecFailed as err:
         _error(str(err))
@@ -89,11 +100,13 @@ def _exec(args: argparse.Namespace) -> int:
         return _error(describe(err) or str(err))
     if args.detach:
         return 0
-    _forward_signals(pid)
+    from dockyard.runtime.container import forward_signals
+
+    forward_signals(pid)
     return execs.wait(pid)
 
 
-def _helper(detach: bool) -> Helper:
+def _helper(detach: bool, keep_stdin: bool = False) -> Helper:
     """The runtime's init helper, started now so it boots while we work. It (and
     so the process) inherits our stdio: stdin is /dev/null (no -i); a detached
     exec writes nowhere, as Docker's does, and holds none of our pipes open."""
@@ -102,7 +115,8 @@ def _helper(detach: bool) -> Helper:
     null = os.open(os.devnull, os.O_RDWR)
     saved = [os.dup(fd) for fd in (1, 2)] if detach else []
     try:
-        os.dup2(null, 0)
+        if not keep_stdin:  # exec -i: the process reads our stdin; -t: ours stays for the pty
+            os.dup2(null, 0)
         if detach:
             os.dup2(null, 1)
             os.dup2(null, 2)
@@ -112,19 +126,6 @@ def _helper(detach: bool) -> Helper:
             os.dup2(copy, fd)
             os.close(copy)
         os.close(null)
-
-
-def _forward_signals(pid: int) -> None:
-    import signal
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for name in _FORWARDED_SIGNALS:
-        signal.signal(getattr(signal, name), forward)
 
 
 def _table(rows: list[list[str]], gap: str = "   ") -> None:

@@ -11,11 +11,21 @@ def add_arguments(verb: str, parser: argparse.ArgumentParser) -> None:
     if verb == "version":
         parser.add_argument("-f", "--format", help="Go-template-style format (only {{json .}})")
     elif verb == "system":
-        parser.add_argument("action", choices=["check"])
+        parser.add_argument("action", choices=["check", "df", "prune"])
         parser.add_argument("--repair", action="store_true", help="mend what a crash left behind")
+        # df and prune (cli/sysinfo.py)
+        parser.add_argument("-v", "--verbose", action="store_true", help="df: show details")
+        parser.add_argument("--format", help="df: Go-template-style format")
+        parser.add_argument("-a", "--all", action="store_true", help="prune: all unused images")
+        parser.add_argument("-f", "--force", action="store_true", help="prune: do not prompt")
+        parser.add_argument("--volumes", action="store_true", help="prune: anonymous volumes too")
 
 
 def run(verb: str, args: argparse.Namespace) -> int:
+    if verb == "system" and args.action in ("df", "prune"):
+        from dockyard.cli import sysinfo
+
+        return sysinfo.df(args) if args.action == "df" else sysinfo.prune(args)
     if verb == "system":
         return _check(args)
     return _version(args)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
+    from dockyard.engine.monitor_start import MonitorStarter
     from dockyard.image.store import ImageStore
 
 
@@ -101,7 +102,8 @@ class Container:
 
     @property
     def exit_code(self) -> int:
-        return int(self.exit_info.get("exit_code", 0))
+        # monitor.json has it a moment before exit.json is written
+        return int(self.exit_info.get("exit_code", self.monitor_state.get("exit_code") or 0))
 
     @property
     def log_path(self) -> str:
@@ -120,6 +122,24 @@ def _alive(pid: int) -> bool:
     from dockyard.runtime.state import pid_start_time
 
     return pid_start_time(pid) is not None
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Until process `pid` exits (a pidfd: no polling) or `timeout` passes."""
+    if pid:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone already (or no pidfd here)
+            time.sleep(0.001 if not _alive(pid) else 0.01)
+            return
+        try:
+            import select
+
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+    else:
+        time.sleep(0.01)  # between a monitor's exit and its records: rare and short
 
 
 _ADJECTIVES = (
@@ -164,9 +184,9 @@ _NAMES = (
 
 
 def _random_name() -> str:
-    import secrets
-
-    return f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NAMES)}"
+    # os.urandom, not secrets: that module costs milliseconds to import (hmac, hashlib)
+    pick = int.from_bytes(os.urandom(4), "big")
+    return f"{_ADJECTIVES[pick % len(_ADJECTIVES)]}_{_NAMES[pick // 256 % len(_NAMES)]}"
 
 
 def check_name(name: str) -> str:
@@ -190,6 +210,9 @@ class Engine:
         self.images: ImageStore = ImageStore(self.root)
         self.conn = self.images.conn
         self.runtime_root = os.path.join(self.root, "runtime")
+        # A monitor booted ahead (warm_monitor); keep_warm: boot the next after each start.
+        self._spare: MonitorStarter | None = None
+        self.keep_warm = False
 
     # ---------------------------------------------------------------- lookup
 
@@ -228,6 +251,7 @@ class Engine:
         name: str | None = None,
         restart_policy: dict[str, Any] | None = None,
         auto_remove: bool = False,
+        interactive: bool = False,
     ) -> Container:
         from dockyard.engine import spec
         from dockyard.engine.volumes import MountPlan, VolumeStore
@@ -237,6 +261,9 @@ class Engine:
         wanted = check_name(name) if name else None
         plan = MountPlan(VolumeStore(self.root, self.conn), image.config, opts)
         config = spec.build(container_id, image.config, plan.options, rootfs="rootfs")
+        from dockyard.engine import hostconfig
+
+        extras = hostconfig.finish(config, plan.options, image.config)
         top = self.images.unpack(image)
         directory = os.path.join(self.root, "containers", container_id)
         self.images.snapshots.prepare(f"container-{container_id}", top)
@@ -251,12 +278,19 @@ class Engine:
                 "Args": config["process"]["args"],
                 "Env": config["process"]["env"],
                 "Tty": opts.tty,
+                "OpenStdin": interactive,
                 "Labels": opts.labels,
                 "RestartPolicy": restart_policy or {"name": "no"},
                 "AutoRemove": auto_remove,
                 "Hostname": config["hostname"],
                 "Mounts": plan.records,
+                **extras,
             }
+            if "Healthcheck" in extras:  # the monitor starts a health checker when it sees it
+                write_atomic(
+                    os.path.join(directory, "healthcheck.json"),
+                    json.dumps(extras["Healthcheck"]).encode(),
+                )
             self._insert(container_id, wanted, image.id, record, plan.attach)
         except BaseException:
             self._discard(container_id)
@@ -322,8 +356,9 @@ class Engine:
 
     # ---------------------------------------------------------------- start/stop
 
-    def start(self, name: str) -> Container:
-        from dockyard.engine.monitor import MonitorSpec, spawn_monitor
+    def start(self, name: str, attach: bool = False) -> Container:
+        """`attach`: a client attaches right after; it gets the output from the start."""
+        from dockyard.engine.monitor_start import MonitorSpec, spawn_monitor
 
         container = self.get(name)
         if container.status() in ("running", "restarting", "paused"):
@@ -343,13 +378,38 @@ class Engine:
             runtime_root=self.runtime_root,
             container_dir=container.dir,
             restart_policy=container.config.get("RestartPolicy"),
+            interactive=bool(container.config.get("OpenStdin")),
+            tty=bool(container.config.get("Tty")),
+            replay=attach,
         )
+        starter, self._spare = self._spare, None
         try:
-            spawn_monitor(spec)
+            spawn_monitor(spec, starter=starter)
         except BaseException:
             self._unmount_rootfs(container)
             raise
+        finally:
+            if self.keep_warm:
+                self.warm_monitor()
         return container
+
+    def warm_monitor(self, starter: MonitorStarter | None = None) -> None:
+        """Start the next `start`'s monitor now (or use `starter`, started earlier):
+        its interpreter and the runtime's init helper boot while the caller goes
+        on (creating the container, say). An unused one exits with this process
+        (or `close`)."""
+        if self._spare is None:
+            from dockyard.engine.monitor_start import MonitorStarter
+
+            self._spare = starter or MonitorStarter()
+        elif starter is not None:
+            starter.close()
+
+    def close(self) -> None:
+        """Let a warm monitor go; the engine stays usable."""
+        starter, self._spare = self._spare, None
+        if starter is not None:
+            starter.close()
 
     def _unmount_rootfs(self, container: Container) -> None:
         from dockyard.storage.snapshots import unmount
@@ -379,10 +439,19 @@ class Engine:
             thaw_for_signal(container)
         return container
 
-    def stop(self, name: str, timeout: float = 10.0, signum: int = 15) -> Container:
+    def stop(self, name: str, timeout: float | None = None, signum: int | None = None) -> Container:
+        """SIGTERM, or the container's StopSignal; SIGKILL after `timeout` (its StopTimeout,
+        default 10 s)."""
         container = self.get(name)
         if container.status() not in ("running", "restarting", "paused"):
             return container
+        if signum is None:
+            from dockyard.runtime.cli import parse_signal
+
+            signum = parse_signal(str(container.config.get("StopSignal") or "SIGTERM"))
+        if timeout is None:
+            configured = container.config.get("StopTimeout")
+            timeout = float(10 if configured is None else configured)
         # The stop file tells the monitor not to apply the restart policy.
         with open(os.path.join(container.dir, "stop"), "w"):
             pass
@@ -414,7 +483,7 @@ class Engine:
         while container.status() in ("running", "restarting", "paused"):
             if deadline is not None and time.monotonic() > deadline:
                 raise EngineError(f"container {name} did not exit within {timeout:g}s")
-            time.sleep(0.01)
+            _wait_gone(container.monitor_pid(), 0.05)
         return container.exit_code
 
     def remove(self, name: str, force: bool = False, volumes: bool = False) -> str:

@@ -42,6 +42,7 @@ class ExecOptions:
         workdir: str | None = None,
         privileged: bool = False,
         tty: bool = False,
+        console_size: tuple[int, int] | None = None,
     ) -> None:
         self.command = list(command)
         self.env = list(env or [])
@@ -49,6 +50,7 @@ class ExecOptions:
         self.workdir = workdir
         self.privileged = privileged
         self.tty = tty
+        self.console_size = console_size  # (rows, columns) of the tty
 
 
 def parse_user(text: str) -> dict[str, Any]:
@@ -68,6 +70,8 @@ def build_process(base: dict[str, Any], opts: ExecOptions) -> dict[str, Any]:
     process["args"] = list(opts.command)
     process["terminal"] = opts.tty
     process.pop("consoleSize", None)
+    if opts.tty and opts.console_size:
+        process["consoleSize"] = {"height": opts.console_size[0], "width": opts.console_size[1]}
     env = list(process.get("env") or [])
     index = {e.split("=", 1)[0]: i for i, e in enumerate(env)}
     for entry in opts.env:
@@ -105,7 +109,12 @@ def _own_capabilities() -> list[str]:
 
 
 def start(
-    engine: Engine, name: str, opts: ExecOptions, foreground: bool, helper: Helper | None = None
+    engine: Engine,
+    name: str,
+    opts: ExecOptions,
+    foreground: bool,
+    helper: Helper | None = None,
+    console_socket: str | None = None,
 ) -> int:
     """Start the process; its host pid. With `foreground` the caller becomes a
     child subreaper first, so `wait(pid)` gets the exit code."""
@@ -133,7 +142,9 @@ def start(
         syscalls.current().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     root = StateRoot(engine.runtime_root)
     try:
-        return runtime.exec_process(root, target.id, process, runtime.Options(), helper)
+        return runtime.exec_process(
+            root, target.id, process, runtime.Options(console_socket=console_socket), helper
+        )
     except RuntimeFailure as err:
         raise _failure(str(err)) from None
 

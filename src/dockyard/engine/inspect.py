@@ -123,6 +123,11 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
         "StartedAt": monitor.get("started_at") or ZERO_TIME,
         "FinishedAt": exit_info.get("finished_at") or ZERO_TIME,
     }
+    from dockyard.engine.health import read_state
+
+    health = read_state(container.dir)
+    if health is not None:
+        state["Health"] = health
     return {
         "Id": container.id,
         "Created": container.created,
@@ -181,7 +186,7 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
             "AttachStdout": False,
             "AttachStderr": False,
             "Tty": bool(record.get("Tty")),
-            "OpenStdin": False,
+            "OpenStdin": bool(record.get("OpenStdin")),
             "StdinOnce": False,
             "Env": list(record.get("Env") or process.get("env") or []),
             "Cmd": cmd,
@@ -191,6 +196,9 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
             "Entrypoint": entrypoint,
             "OnBuild": None,
             "Labels": labels,
+            **({"Healthcheck": record["Healthcheck"]} if record.get("Healthcheck") else {}),
+            **({"StopSignal": record["StopSignal"]} if record.get("StopSignal") else {}),
+            **({"StopTimeout": record["StopTimeout"]} if "StopTimeout" in record else {}),
         },
         "NetworkSettings": {
             "Bridge": "",

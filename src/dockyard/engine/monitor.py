@@ -9,8 +9,8 @@ runs, or raises the runtime's one-line error. The monitor then:
   so it outlives every other dockyard process;
 - holds the container's stdio: stdout/stderr are pipes it reads into the
   json-file log (`logs.JsonFileWriter`) and broadcasts to clients of the
-  attach socket; stdin is /dev/null or, when interactive, a fifo `stdin` that
-  it keeps open (O_RDWR, so the container never sees EOF);
+  attach socket; stdin is /dev/null or, when interactive, a fifo `stdin` whose
+  writer it keeps open until a client closes stdin; with a tty, a pty master;
 - on exit writes the exit file atomically
   (`{"exit_code", "finished_at", "oom_killed", "restart_count"}`), deletes the
   runtime container and applies the restart policy with Docker's back-off
@@ -19,9 +19,8 @@ runs, or raises the runtime's one-line error. The monitor then:
 - keeps `state_file` (`{"monitor_pid", "pid", "status", "restart_count", …}`)
   current, and removes its pid file when it is done for good.
 
-Attach clients get Docker's multiplexed stream (what the Engine API sends for
-a non-tty attach): per chunk an 8-byte header `[stream, 0, 0, 0, size (u32 BE)]`
-(stream 1 = stdout, 2 = stderr) and the raw bytes. A slow client is dropped.
+The attach socket's protocol (Docker's multiplexed stream out, or raw bytes
+for a tty; framed stdin and resizes in) is in `engine/terminal.py`.
 
 Lean by design: no typing, subprocess, socket (`_socket` only when attach is
 on), json (the runtime loads it anyway, lazily).
@@ -33,6 +32,8 @@ import os
 import sys
 import time
 
+from dockyard.engine.monitor_start import MonitorSpec, alive, now, write_json
+
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any
@@ -40,188 +41,81 @@ if TYPE_CHECKING:
     from dockyard.engine.logs import JsonFileWriter
     from dockyard.runtime.state import ContainerState, StateRoot
 
-_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BOOT = f"import sys;sys.path.insert(0,{_SRC!r});from dockyard.engine.monitor import main;main()"
-RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 BACKOFF_START = 0.1
 BACKOFF_MAX = 60.0
 RESET_AFTER = 10.0
-
-
-class MonitorSpec:
-    """Everything the monitor needs; plain values only (marshal/JSON friendly).
-
-    Paths not given default to names in `container_dir`: container-json.log,
-    exit.json, monitor.pid, monitor.json (state), stop, attach.sock, stdin.
-    """
-
-    def __init__(
-        self,
-        container_id: str,
-        bundle: str,
-        runtime_root: str,
-        container_dir: str,
-        log_path: str | None = None,
-        log_max_size: int | None = None,
-        log_max_files: int = 1,
-        exit_file: str | None = None,
-        pid_file: str | None = None,
-        state_file: str | None = None,
-        restart_policy: dict[str, Any] | None = None,
-        stop_file: str | None = None,
-        attach_socket: str | None = "",
-        interactive: bool = False,
-        stdin_fifo: str | None = None,
-    ) -> None:
-        def at(value: str | None, name: str) -> str:
-            return os.path.abspath(value or os.path.join(container_dir, name))
-
-        self.container_id = container_id
-        self.bundle = os.path.abspath(bundle)
-        self.runtime_root = os.path.abspath(runtime_root)
-        self.container_dir = os.path.abspath(container_dir)
-        self.log_path = at(log_path, "container-json.log")
-        self.log_max_size = log_max_size
-        self.log_max_files = log_max_files
-        self.exit_file = at(exit_file, "exit.json")
-        self.pid_file = at(pid_file, "monitor.pid")
-        self.state_file = at(state_file, "monitor.json")
-        # Also takes the Engine API's {"Name": …, "MaximumRetryCount": …}.
-        policy = restart_policy or {}
-        name = policy.get("name", policy.get("Name")) or "no"
-        retries = policy.get("maximum_retry_count", policy.get("MaximumRetryCount"))
-        if name not in RESTART_POLICIES:
-            raise ValueError(f"unknown restart policy {name!r}")
-        self.restart_policy: dict[str, Any] = {
-            "name": name,
-            "maximum_retry_count": int(retries or 0),
-        }
-        self.stop_file = at(stop_file, "stop")
-        # "" (the default): attach.sock in container_dir; None: no attach socket.
-        self.attach_socket = None if attach_socket is None else at(attach_socket, "attach.sock")
-        self.interactive = interactive
-        self.stdin_fifo = at(stdin_fifo, "stdin")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> MonitorSpec:
-        return cls(**doc)
-
-
-def _now() -> str:
-    from dockyard.engine.logs import format_time
-
-    return format_time(time.time_ns())
-
-
-def _write_json(path: str, doc: dict[str, Any]) -> None:
-    import json
-
-    from dockyard.runtime.state import write_atomic
-
-    write_atomic(path, json.dumps(doc).encode())
-
-
-def _alive(pid: int) -> bool:
-    from dockyard.runtime.state import pid_start_time
-
-    return pid_start_time(pid) is not None
-
-
-# ------------------------------------------------------------------ spawning
-
-
-def spawn_monitor(spec: MonitorSpec, timeout: float = 60.0) -> int:
-    """Start the monitor detached; its pid once the container runs.
-
-    Raises RuntimeFailure with the runtime's one-line message when the
-    container can't be created or started; the monitor is gone by then and
-    has left no runtime state.
-    """
-    import marshal
-    import select
-
-    from dockyard.runtime.errors import RuntimeFailure
-
-    os.makedirs(spec.container_dir, exist_ok=True)
-    data = marshal.dumps(spec.to_dict()).hex()
-    interp = os.path.realpath(sys.executable)
-    read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - ends in _exit or execve
-        try:
-            os.close(read_fd)
-            os.setsid()
-            grandchild = os.fork()
-            if grandchild == 0:
-                _exec_monitor(interp, spec.container_id, data, write_fd)
-            os.write(write_fd, f"monitor {grandchild}\n".encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    os.waitpid(child, 0)
-    monitor_pid = 0
-    result = ""
-    buf = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-                if monitor_pid and _alive(monitor_pid):
-                    os.kill(monitor_pid, 9)  # stuck; its container (if any) dies with it
-                raise RuntimeFailure(f"container monitor did not report within {timeout:g}s")
-            chunk = os.read(read_fd, 4096)
-            buf += chunk
-            for line in buf.decode(errors="replace").splitlines():
-                if line.startswith("monitor "):
-                    monitor_pid = int(line[8:])
-                elif line.startswith(("started ", "error ")):
-                    result = line
-            if not chunk or (result and monitor_pid):
-                break
-    finally:
-        os.close(read_fd)
-    if result.startswith("started ") and monitor_pid:
-        return monitor_pid
-    # Failed: the monitor has cleaned up and is exiting; make sure it is gone.
-    end = time.monotonic() + 5
-    while monitor_pid and _alive(monitor_pid) and time.monotonic() < end:
-        time.sleep(0.005)
-    message = result[6:] if result.startswith("error ") else "container monitor died"
-    raise RuntimeFailure(message)
-
-
-def _exec_monitor(interp: str, container_id: str, data: str, report_fd: int) -> None:
-    null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.chdir("/")
-    os.set_inheritable(report_fd, True)
-    os.closerange(3, report_fd)
-    os.closerange(report_fd + 1, 1 << 16)
-    env = {"PATH": os.environ.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"}
-    argv = [interp, "-S", "-I", "-c", _BOOT, container_id, str(report_fd), data]
-    os.execve(interp, argv, env)
 
 
 # ------------------------------------------------------------------ the monitor
 
 
 def main() -> None:
-    """Entry point of the monitor process: argv is ID REPORT_FD SPEC_HEX."""
+    """Entry point of the monitor process: argv is NAME REPORT_FD SPEC_FD.
+
+    Before the spec arrives: the container's output pipes and the runtime's
+    init helper (booting its interpreter in parallel), and the runtime's
+    modules loaded. No spec (the pipe closed empty): nothing to run, exit.
+    """
     import marshal
 
     report_fd = int(sys.argv[2])
+    spec_fd = int(sys.argv[3])
     os.set_inheritable(report_fd, False)
-    spec = MonitorSpec.from_dict(marshal.loads(bytes.fromhex(sys.argv[3])))
-    code = Monitor(spec, report_fd).run()
+    os.set_inheritable(spec_fd, False)
+    early = _Prepared()
+    import json  # noqa: F401 - loaded now, while nothing waits for it
+
+    from dockyard.engine import logs  # noqa: F401
+    from dockyard.runtime import cgroups, container  # noqa: F401
+
+    chunks = []
+    while chunk := os.read(spec_fd, 65536):
+        chunks.append(chunk)
+    os.close(spec_fd)
+    if not chunks:
+        early.abort()
+        os._exit(0)
+    spec = MonitorSpec.from_dict(marshal.loads(b"".join(chunks)))
+    monitor = Monitor(spec, report_fd)
+    if spec.interactive or spec.tty:  # the helper's stdio fits plain pipes only
+        early.abort()
+    else:
+        monitor.prepared = early
+    code = monitor.run()
+    if monitor.prepared is not None:  # failed before the first launch
+        monitor.prepared.abort()
     os._exit(code)
 
 
+class _Prepared:
+    """Output pipes and an init helper started with them as its stdout/stderr."""
+
+    def __init__(self) -> None:
+        from dockyard.runtime import spawn
+
+        self.fds = (*os.pipe2(os.O_CLOEXEC), *os.pipe2(os.O_CLOEXEC))  # out r/w, err r/w
+        os.dup2(self.fds[1], 1)
+        os.dup2(self.fds[3], 2)
+        try:
+            self.helper: spawn.Helper | None = spawn.Helper()
+        finally:
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.close(null)
+
+    def abort(self) -> None:
+        if self.helper is not None:
+            self.helper.abort()
+            self.helper = None
+        for fd in self.fds:
+            os.close(fd)
+
+
 class Monitor:
+    prepared: _Prepared | None = None  # from main(): for the first launch
+    lean_at = 0.0  # when to re-execute lean (monitor_loop.go_lean); 0: never
+
     def __init__(self, spec: MonitorSpec, report_fd: int) -> None:
         from dockyard.runtime.state import StateRoot
 
@@ -232,7 +126,9 @@ class Monitor:
         self.null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         self.stdin_fd = self.null
         self.listen: Any = None
-        self.clients: set[int] = set()
+        self.clients: dict[int, bytes] = {}  # fd → its unfinished input frame
+        self.master = -1
+        self.backlog: bytes | None = b"" if spec.replay else None
         self.writer: JsonFileWriter | None = None
         self.pid = 0
         self.started_at = ""
@@ -263,7 +159,7 @@ class Monitor:
             if spec.interactive:
                 if not os.path.exists(spec.stdin_fifo):
                     os.mkfifo(spec.stdin_fifo, 0o600)
-                self.stdin_fd = os.open(spec.stdin_fifo, os.O_RDWR | os.O_CLOEXEC)
+                self.stdin_fd = os.open(spec.stdin_fifo, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
             if spec.attach_socket:
                 self._listen(spec.attach_socket)
             streams = self._launch()
@@ -302,11 +198,11 @@ class Monitor:
             oom = _oom_killed(state.cgroup_path) if state is not None else None
             restart = self._should_restart(code)
             self._save_state("restarting" if restart else "exited", exit_code=code)
-            doc: dict[str, Any] = {"exit_code": code, "finished_at": _now()}
+            doc: dict[str, Any] = {"exit_code": code, "finished_at": now()}
             if oom is not None:
                 doc["oom_killed"] = oom
             doc["restart_count"] = self.restart_count
-            _write_json(spec.exit_file, doc)
+            write_json(spec.exit_file, doc)
             self._delete()
             if not restart:
                 return
@@ -344,19 +240,30 @@ class Monitor:
 
     def _launch(self) -> dict[int, str]:
         """create + start with fds 0/1/2 on the container's stdio; the read ends."""
+        from dockyard.engine import terminal
         from dockyard.runtime import container
 
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:  # pipes and helper made before the spec came
+            out_r, out_w, err_r, err_w = prepared.fds
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            os.dup2(self.stdin_fd, 0)
+            terminal.container_stdin(self)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             os.close(out_w)
             os.close(err_w)
             try:
                 opts = container.Options()
-                container.create(self.root, self.spec.container_id, self.spec.bundle, opts)
+                if self.spec.tty:  # the pty master stands in for the stdout pipe
+                    out_r = terminal.create(self, opts, out_r)
+                else:
+                    helper = prepared.helper if prepared is not None else None
+                    container.create(
+                        self.root, self.spec.container_id, self.spec.bundle, opts, helper
+                    )
                 state = container.start(self.root, self.spec.container_id)
             except BaseException:
                 try:
@@ -372,8 +279,15 @@ class Monitor:
             os.close(err_r)
             raise
         self.pid = state.pid
-        self.started_at = _now()
+        self.started_at = now()
         self._save_state("running")
+        from dockyard.engine import monitor_loop
+
+        self.lean_at = monitor_loop.deadline()
+        if os.path.exists(os.path.join(self.spec.container_dir, "healthcheck.json")):
+            from dockyard.engine.health import spawn
+
+            spawn(self.spec.container_dir, self.spec.runtime_root, self.spec.container_id, self.pid)
         return {out_r: "stdout", err_r: "stderr"}
 
     def _delete(self) -> None:
@@ -395,6 +309,8 @@ class Monitor:
         """Copy output until the init is reaped and both pipes are at EOF; its exit code."""
         import select
 
+        from dockyard.engine import terminal
+
         poller = select.poll()
         for fd in (*streams, self.wake_r):
             poller.register(fd, select.POLLIN)
@@ -408,15 +324,27 @@ class Monitor:
         while streams or code is None:
             if code is None:
                 code = self._reap()
+            if code is None and self.lean_at and time.monotonic() >= self.lean_at:
+                from dockyard.engine import monitor_loop
+
+                monitor_loop.go_lean(self, streams)  # returns only if it can't
             # After the init is gone its pid namespace is dead: what is left in the
             # pipes is there now. Don't wait for a stray outside holder of a pipe.
-            timeout = None if code is None else 1000
+            if code is not None:
+                timeout: int | None = 1000
+            elif self.lean_at:
+                timeout = max(0, int((self.lean_at - time.monotonic()) * 1000) + 1)
+            else:
+                timeout = None
             events = poller.poll(timeout)
             if not events and code is not None:
                 break
             for fd, _ in events:
                 if fd in streams:
-                    data = os.read(fd, 65536)
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:  # EIO: a pty whose slave side is closed everywhere
+                        data, self.master = b"", -1
                     if data:
                         writer.write(streams[fd], data)
                         self._broadcast(1 if streams[fd] == "stdout" else 2, data)
@@ -436,9 +364,10 @@ class Monitor:
                         poller.register(client, select.POLLIN)
                 elif fd in self.clients:
                     try:
-                        alive = bool(os.read(fd, 4096))
+                        data = os.read(fd, 65536)
                     except OSError:
-                        alive = False
+                        data = b""
+                    alive = bool(data) and terminal.feed(self, fd, data)
                     if not alive:
                         poller.unregister(fd)
                         self._drop(fd)
@@ -456,7 +385,7 @@ class Monitor:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return 255 if code is None and not _alive(self.pid) else code
+                return 255 if code is None and not alive(self.pid) else code
             if pid == 0:
                 return code
             if pid == self.pid:
@@ -467,22 +396,9 @@ class Monitor:
     # -------------------------------------------------------------- attach
 
     def _listen(self, path: str) -> None:
-        import _socket
+        from dockyard.engine.terminal import listen_unix
 
-        self._remove(path)
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        directory, name = os.path.split(path)
-        cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.chdir(directory)  # sun_path is 108 bytes: bind by a relative name
-            sock.bind(name)
-        finally:
-            os.fchdir(cwd)
-            os.close(cwd)
-        os.chmod(path, 0o600)
-        sock.listen(16)
-        sock.setblocking(False)
-        self.listen = sock
+        self.listen = listen_unix(path, 16)
 
     def _accept(self) -> int | None:
         try:
@@ -491,13 +407,19 @@ class Monitor:
             return None
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
-        self.clients.add(fd)
+        self.clients[fd] = b""
+        if self.backlog:
+            os.write(fd, self.backlog)
+        self.backlog = None
         return int(fd)
 
     def _broadcast(self, stream: int, data: bytes) -> None:
+        head = b"" if self.spec.tty else bytes((stream, 0, 0, 0)) + len(data).to_bytes(4, "big")
+        frame = head + data
         if not self.clients:
+            if self.backlog is not None and len(self.backlog) < 1 << 16:
+                self.backlog += frame
             return
-        frame = bytes((stream, 0, 0, 0)) + len(data).to_bytes(4, "big") + data
         for fd in list(self.clients):
             try:
                 if os.write(fd, frame) == len(frame):
@@ -507,7 +429,7 @@ class Monitor:
             self._drop(fd)  # slow or gone: a partial frame would break the stream
 
     def _drop(self, fd: int) -> None:
-        self.clients.discard(fd)
+        self.clients.pop(fd, None)
         try:
             os.close(fd)
         except OSError:
@@ -544,7 +466,7 @@ class Monitor:
         }
         doc.update(extra)
         try:
-            _write_json(self.spec.state_file, doc)
+            write_json(self.spec.state_file, doc)
         except OSError:
             pass
 

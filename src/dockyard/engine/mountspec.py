@@ -7,7 +7,6 @@ so a script that greps for them keeps working.
 
 from __future__ import annotations
 
-import dataclasses
 import posixpath
 import re
 
@@ -25,20 +24,47 @@ class MountSpecError(SpecError):
     """A -v/--mount/--tmpfs value that can't make a mount; one line saying why."""
 
 
-@dataclasses.dataclass
 class MountSpec:
-    """One mount asked for on the command line (or by the image's VOLUME)."""
+    """One mount asked for on the command line (or by the image's VOLUME).
 
-    type: str  # "bind", "volume" or "tmpfs"
-    target: str
-    source: str = ""  # host path (bind), volume name ("" = anonymous), unused for tmpfs
-    readonly: bool = False
-    propagation: str = ""  # bind propagation; "" = Docker's default (rprivate)
-    nocopy: bool = False  # volume: don't fill a new volume from the image
-    create_source: bool = False  # bind from -v: make a missing host directory
-    tmpfs_options: list[str] = dataclasses.field(default_factory=list)
-    volume_labels: dict[str, str] = dataclasses.field(default_factory=dict)
-    volume_options: dict[str, str] = dataclasses.field(default_factory=dict)
+    A plain class with a dataclass's init, eq and repr (dataclasses costs
+    milliseconds of CLI start-up to import).
+    """
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
+
+    def __init__(
+        self,
+        type: str,  # "bind", "volume" or "tmpfs"
+        target: str,
+        source: str = "",  # host path (bind), volume name ("" = anonymous), unused for tmpfs
+        readonly: bool = False,
+        propagation: str = "",  # bind propagation; "" = Docker's default (rprivate)
+        nocopy: bool = False,  # volume: don't fill a new volume from the image
+        create_source: bool = False,  # bind from -v: make a missing host directory
+        tmpfs_options: list[str] | None = None,
+        volume_labels: dict[str, str] | None = None,
+        volume_options: dict[str, str] | None = None,
+    ) -> None:
+        self.type = type
+        self.target = target
+        self.source = source
+        self.readonly = readonly
+        self.propagation = propagation
+        self.nocopy = nocopy
+        self.create_source = create_source
+        self.tmpfs_options: list[str] = [] if tmpfs_options is None else tmpfs_options
+        self.volume_labels: dict[str, str] = {} if volume_labels is None else volume_labels
+        self.volume_options: dict[str, str] = {} if volume_options is None else volume_options
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"MountSpec({fields})"
 
 
 def _config_error(kind: str, message: str) -> str:

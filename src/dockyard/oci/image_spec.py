@@ -6,7 +6,6 @@ exactly what other tools read back: skopeo, podman, docker).
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
@@ -50,6 +49,8 @@ def canonical(doc: dict[str, Any]) -> bytes:
 
 
 def digest_of(data: bytes) -> str:
+    import hashlib  # on first use: OpenSSL's costs start-up time
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from dockyard.runtime.spawn import Helper
     from dockyard.runtime.state import StateRoot
 
-_FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
-
 
 def _global_parser() -> argparse.ArgumentParser:
     import argparse
@@ -238,36 +236,17 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forward_signals(pid: int) -> None:
-    import _signal
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for name in _FORWARDED_SIGNALS:
-        _signal.signal(getattr(_signal, name), forward)
-
-
-def _become_subreaper() -> None:
-    from dockyard.runtime import syscalls
-
-    syscalls.current().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-
-
 def _run(args: argparse.Namespace) -> int:
     from dockyard.runtime import container
 
     root = _root(args)
     if not args.detach:
-        _become_subreaper()
+        container.become_subreaper()
     state = container.create(root, args.id, args.bundle, _options(args), args.helper)
     if args.detach:
         container.start(root, args.id)
         return 0
-    _forward_signals(state.pid)
+    container.forward_signals(state.pid)
     try:
         container.start(root, args.id)
         code = container.wait_exit(state.pid)
@@ -386,11 +365,11 @@ def _exec(args: argparse.Namespace) -> int:
     if process.get("terminal") and not args.console_socket:
         raise RuntimeFailure("exec with a terminal needs --console-socket")
     if not args.detach:
-        _become_subreaper()
+        container.become_subreaper()
     pid = container.exec_process(root, args.id, process, _options(args), args.helper)
     if args.detach:
         return 0
-    _forward_signals(pid)
+    container.forward_signals(pid)
     return container.wait_exit(pid)
 
 

@@ -94,6 +94,8 @@ def _device_rules(linux: dict[str, Any]) -> dict[str, Any]:
     resources = dict(linux.get("resources") or {})
     rules = list(resources.get("devices") or [])
     if rules:
+        # A device the config already has an allow rule for keeps that rule's access.
+        covered = {(r.get("type"), r.get("major"), r.get("minor")) for r in rules if r.get("allow")}
         extra = [
             {
                 "allow": True,
@@ -103,6 +105,7 @@ def _device_rules(linux: dict[str, Any]) -> dict[str, Any]:
                 "access": "rwm",
             }
             for d in linux.get("devices") or []
+            if (d.get("type", "c"), d.get("major"), d.get("minor")) not in covered
         ]
         resources["devices"] = rules + DEFAULT_ALLOW_RULES + extra
     return resources
@@ -505,6 +508,30 @@ def _target_namespaces(pid: int) -> dict[str, str]:
             continue
         paths[kind] = theirs
     return paths
+
+
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+
+
+def forward_signals(pid: int) -> None:
+    """Pass the signals a user sends to a foreground command on to the container's process."""
+    import _signal
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for name in FORWARDED_SIGNALS:
+        _signal.signal(getattr(_signal, name), forward)
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants: the container's process is a grandchild to wait for."""
+    from dockyard.runtime import syscalls
+
+    syscalls.current().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
 
 
 def wait_exit(pid: int) -> int:

@@ -35,13 +35,22 @@ NS_FLAGS = {
 _NS_ORDER = ("ipc", "uts", "network", "pid", "cgroup", "time", "mount")
 
 
-def main(cfg_fd: int, chan_read: int, chan_write: int) -> None:
+def main(cfg_fd: int, chan_read: int, chan_write: int, host_mnt: int = -1) -> None:
     chunks = []
     while chunk := os.read(cfg_fd, 65536):
         chunks.append(chunk)
     os.close(cfg_fd)
     if not chunks:
         os._exit(0)  # the runtime had no use for this helper
+    if host_mnt >= 0:
+        # Back from the private mount namespace the read-only re-exec needed (our
+        # exe stays on that read-only mount) to the runtime's, as it is now: a
+        # helper started early would otherwise miss mounts made since (the rootfs).
+        try:
+            sc.current().setns(host_mnt, sc.CLONE_NEWNS)
+        except OSError:
+            pass  # stay where we are: the mounts as they were at the fork
+        os.close(host_mnt)
     payload: dict[str, Any] = marshal.loads(b"".join(chunks))
     chan = Channel(chan_read, chan_write)
     try:

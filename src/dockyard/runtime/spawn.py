@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 _SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (
     f"import sys;sys.path.insert(0,{_SRC!r});"
-    "from dockyard.runtime.init import main;main(*map(int,sys.argv[1:4]))"
+    "from dockyard.runtime.init import main;main(*map(int,sys.argv[1:5]))"
 )
 
 
@@ -93,12 +93,15 @@ class Helper:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child ends in execve or _exit
             try:
+                # The init goes back to this mount namespace once it has its orders,
+                # so mounts made meanwhile (the container's rootfs) are there for it.
+                host_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY)
                 syscalls = sc.current()
                 syscalls.unshare(sc.CLONE_NEWNS)
                 syscalls.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
                 syscalls.mount(interp, interp, None, sc.MS_BIND)
                 syscalls.mount(None, interp, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
-                fds = (cfg_r, to_init_r, from_init_w)
+                fds = (cfg_r, to_init_r, from_init_w, host_mnt)
                 for fd in fds:
                     os.set_inheritable(fd, True)
                 os.execve(interp, [interp, "-S", "-I", "-c", _BOOT, *map(str, fds)], {})

@@ -26,14 +26,17 @@ Timestamps (`created`) are RFC 3339 UTC strings, as the Docker API shows them.
 
 from __future__ import annotations
 
-import datetime
 import os
-import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import TracebackType
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 DB_NAME = "dockyard.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -43,8 +46,6 @@ TRANSACTION_RETRY_SECONDS = 60.0
 
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
-
-T = TypeVar("T")
 
 # Each entry is one step of the schema, applied in order and never edited once
 # released: change the schema by appending a step.
@@ -120,13 +121,13 @@ class DatabaseError(Exception):
 
 def new_id() -> str:
     """A fresh random id: 64 lowercase hex digits, like Docker's container ids."""
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()
 
 
 def now() -> str:
     """The current time as an RFC 3339 UTC string with nanosecond-style precision."""
-    t = datetime.datetime.now(datetime.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}000Z"
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -150,7 +151,7 @@ def retry_busy(fn: Callable[[], T], seconds: float = TRANSACTION_RETRY_SECONDS) 
         except sqlite3.OperationalError as exc:
             if not is_busy(exc) or time.monotonic() >= deadline:
                 raise
-        time.sleep(delay + secrets.randbelow(1000) / 1_000_000)
+        time.sleep(delay + int.from_bytes(os.urandom(2), "big") % 1000 / 1_000_000)
         delay = min(delay * 2, 0.05)
 
 
@@ -222,10 +223,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
-@contextmanager
 def transaction(
     conn: sqlite3.Connection, retry_seconds: float = TRANSACTION_RETRY_SECONDS
-) -> Iterator[sqlite3.Connection]:
+) -> _Transaction:
     """`with transaction(conn):` — a write transaction taken with BEGIN IMMEDIATE.
 
     The write lock is held from the first statement, so read-modify-write inside
@@ -234,27 +234,45 @@ def transaction(
     `busy_timeout`, and BEGIN is retried until `retry_seconds` have passed.
     Nested use becomes a SAVEPOINT inside the outer transaction.
     """
-    if conn.in_transaction:
-        name = f"sp_{secrets.token_hex(4)}"
-        conn.execute(f"SAVEPOINT {name}")
+    return _Transaction(conn, retry_seconds)
+
+
+class _Transaction:
+    """The context manager `transaction` returns (a class: contextlib costs import time)."""
+
+    def __init__(self, conn: sqlite3.Connection, retry_seconds: float) -> None:
+        self.conn = conn
+        self.retry_seconds = retry_seconds
+        self.savepoint = ""
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self.conn
+        if conn.in_transaction:
+            self.savepoint = f"sp_{os.urandom(4).hex()}"
+            conn.execute(f"SAVEPOINT {self.savepoint}")
+        else:
+            retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), self.retry_seconds)
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self.conn
+        if self.savepoint:
+            if exc_type is not None:
+                conn.execute(f"ROLLBACK TO {self.savepoint}")
+            conn.execute(f"RELEASE {self.savepoint}")
+            return
+        if exc_type is not None:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return
         try:
-            yield conn
+            retry_busy(lambda: conn.execute("COMMIT"), self.retry_seconds)
         except BaseException:
-            conn.execute(f"ROLLBACK TO {name}")
-            conn.execute(f"RELEASE {name}")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute(f"RELEASE {name}")
-        return
-    retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), retry_seconds)
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    try:
-        retry_busy(lambda: conn.execute("COMMIT"), retry_seconds)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise

@@ -32,16 +32,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import sqlite3
 import stat as stat_mod
-from collections.abc import Callable, Iterator, Mapping
-from typing import cast
 
 from dockyard.storage import db
 from dockyard.storage.snapshots import (
-    Kind,
     Mount,
     SnapshotError,
     SnapshotExists,
@@ -50,6 +46,12 @@ from dockyard.storage.snapshots import (
     SnapshotInvalid,
     SnapshotNotFound,
 )
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+    from dockyard.storage.snapshots import Kind
 
 _INDEX_PARAM = "/sys/module/overlay/parameters/index"
 
@@ -214,7 +216,7 @@ class OverlaySnapshotter:
                 if entry.startswith("rm-"):
                     doomed.append(src)
                     continue
-                dst = os.path.join(self.dir, f"rm-{entry}-{secrets.token_hex(4)}")
+                dst = os.path.join(self.dir, f"rm-{entry}-{os.urandom(4).hex()}")
                 os.rename(src, dst)
                 doomed.append(dst)
         removed = []
@@ -251,7 +253,7 @@ class OverlaySnapshotter:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (key, kind, parent_id, json.dumps(dict(labels or {}), sort_keys=True), t, t),
             )
-            sid = cast(int, cur.lastrowid)
+            sid: int = cur.lastrowid  # type: ignore[assignment]  # set after an INSERT
             final = os.path.join(self.dir, str(sid))
             self._make_dir(final)
             try:
@@ -264,7 +266,7 @@ class OverlaySnapshotter:
 
     def _make_dir(self, final: str) -> None:
         """Build `new-<rand>/{fs,work}` and rename it to `final` (inside the caller's tx)."""
-        tmp = os.path.join(self.dir, f"new-{secrets.token_hex(8)}")
+        tmp = os.path.join(self.dir, f"new-{os.urandom(8).hex()}")
         os.mkdir(tmp, 0o700)
         try:
             os.mkdir(os.path.join(tmp, "diff"), 0o755)
@@ -281,7 +283,7 @@ class OverlaySnapshotter:
 
     def _delete_dir(self, entry: str) -> None:
         src = os.path.join(self.dir, entry)
-        dst = os.path.join(self.dir, f"rm-{entry}-{secrets.token_hex(4)}")
+        dst = os.path.join(self.dir, f"rm-{entry}-{os.urandom(4).hex()}")
         try:
             os.rename(src, dst)
         except FileNotFoundError:
@@ -298,10 +300,10 @@ class OverlaySnapshotter:
         return os.path.join(self.dir, str(sid), "diff")
 
     def _find(self, conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
-        return cast(
-            "sqlite3.Row | None",
-            conn.execute("SELECT * FROM snapshots WHERE key = ?", (key,)).fetchone(),
-        )
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM snapshots WHERE key = ?", (key,)
+        ).fetchone()
+        return row
 
     def _get(self, conn: sqlite3.Connection, key: str) -> sqlite3.Row:
         row = self._find(conn, key)

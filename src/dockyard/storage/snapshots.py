@@ -17,15 +17,19 @@ Implementations: `dockyard.storage.overlay.OverlaySnapshotter`. Each must pass
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal, Protocol
 
 from dockyard.runtime import syscalls
 
-Kind = Literal["active", "view", "committed"]
+TYPE_CHECKING = False  # typing/dataclasses cost milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+    from typing import Literal, Protocol
+
+    Kind = Literal["active", "view", "committed"]
+else:
+    Protocol = object
 
 
 class SnapshotError(Exception):
@@ -49,14 +53,59 @@ class SnapshotInvalid(SnapshotError):
     """The request doesn't fit the snapshot's kind (commit a view, parent not committed ...)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class SnapshotInfo:
+class _Record:
+    """What @dataclass would give (fields in `_fields` order): eq, repr."""
+
+    __slots__: tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, _Record)
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+
+class SnapshotInfo(_Record):
+    """Immutable, like a frozen dataclass."""
+
+    _fields = ("kind", "name", "parent", "labels", "created", "updated")
+    __slots__ = ("created", "kind", "labels", "name", "parent", "updated")
     kind: Kind
     name: str
     parent: str | None
     labels: Mapping[str, str]
     created: str  # RFC 3339 UTC
     updated: str
+
+    def __init__(
+        self,
+        kind: Kind,
+        name: str,
+        parent: str | None,
+        labels: Mapping[str, str],
+        created: str,
+        updated: str,
+    ) -> None:
+        values = (kind, name, parent, labels, created, updated)
+        for field, value in zip(self._fields, values, strict=True):
+            object.__setattr__(self, field, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __hash__(self) -> int:
+        return hash(self._values())
 
 
 class Snapshotter(Protocol):
@@ -138,13 +187,17 @@ def parse_options(options: Sequence[str]) -> tuple[int, list[str]]:
     return flags, data
 
 
-@dataclasses.dataclass
-class Mount:
+class Mount(_Record):
     """One mount, like containerd's mount.Mount: `mount -t type -o options source target`."""
 
-    type: str
-    source: str
-    options: list[str] = dataclasses.field(default_factory=list)
+    _fields = ("type", "source", "options")
+    __slots__ = ("options", "source", "type")
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
+
+    def __init__(self, type: str, source: str, options: list[str] | None = None) -> None:
+        self.type = type
+        self.source = source
+        self.options: list[str] = [] if options is None else options
 
     @property
     def readonly(self) -> bool:
