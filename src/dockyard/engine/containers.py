@@ -189,6 +189,18 @@ def _random_name() -> str:
     return f"{_ADJECTIVES[pick % len(_ADJECTIVES)]}_{_NAMES[pick // 256 % len(_NAMES)]}"
 
 
+def _command_parts(image_config: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
+    from dockyard.engine.spec import command_parts
+
+    entrypoint, cmd = command_parts(image_config, opts)
+    parts: dict[str, Any] = {"Cmd": cmd or None, "Entrypoint": entrypoint or None}
+    if opts.workdir:
+        parts["WorkingDir"] = opts.workdir
+    if opts.user:
+        parts["User"] = f"{opts.user[0]}:{opts.user[1]}"
+    return parts
+
+
 def check_name(name: str) -> str:
     import re
 
@@ -277,6 +289,8 @@ class Engine:
                 "ImageID": image.id,
                 "Args": config["process"]["args"],
                 "Env": config["process"]["env"],
+                # What the container was told to run, split as Docker keeps it (commit, inspect).
+                **_command_parts(image.config.get("config") or {}, opts),
                 "Tty": opts.tty,
                 "OpenStdin": interactive,
                 "Labels": opts.labels,

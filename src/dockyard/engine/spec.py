@@ -155,8 +155,8 @@ class SpecError(ValueError):
     """Options that can't make a container (e.g. nothing to run)."""
 
 
-def process_args(image_config: dict[str, Any], opts: RunOptions) -> list[str]:
-    """Docker's rule: entrypoint + cmd; --entrypoint resets the image's cmd."""
+def command_parts(image_config: dict[str, Any], opts: RunOptions) -> tuple[list[str], list[str]]:
+    """(entrypoint, cmd) by Docker's rule: --entrypoint resets the image's cmd."""
     entrypoint = opts.entrypoint if opts.entrypoint is not None else image_config.get("Entrypoint")
     if opts.command:
         cmd = opts.command
@@ -164,7 +164,13 @@ def process_args(image_config: dict[str, Any], opts: RunOptions) -> list[str]:
         cmd = []
     else:
         cmd = image_config.get("Cmd") or []
-    args = list(entrypoint or []) + list(cmd)
+    return list(entrypoint or []), list(cmd)
+
+
+def process_args(image_config: dict[str, Any], opts: RunOptions) -> list[str]:
+    """entrypoint + cmd, or an error when the image and the options give nothing to run."""
+    entrypoint, cmd = command_parts(image_config, opts)
+    args = entrypoint + cmd
     if not args:
         raise SpecError("no command specified: the image has no CMD or ENTRYPOINT; give one")
     return args

@@ -95,7 +95,12 @@ def commit(
     container = engine.get(name)
     ref = refs.parse(reference) if reference else None
     parent = engine.images.get(container.image_id)
-    container_config = apply_changes(parent.config.get("config") or {}, list(changes or []))
+    # Docker commits the container's configuration: the image's, with what `run` changed.
+    base = dict(parent.config.get("config") or {})
+    for key in ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels"):
+        if container.config.get(key) is not None:
+            base[key] = container.config[key]
+    container_config = apply_changes(base, list(changes or []))
     upper, lowers, _ = _layer_dirs(engine, container)
     with _frozen(engine, container, pause), engine.images.content.writer() as writer:
         diff_id = diff_layer(upper, writer, lowers=lowers)  # type: ignore[arg-type]
