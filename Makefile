@@ -8,18 +8,20 @@ VENV        := .venv
 VPY         := $(VENV)/bin/python
 DEB_PKGS    := python3 python3-venv ca-certificates iproute2 libseccomp2 busybox-static \
                runc crun umoci podman conmon uidmap skopeo hyperfine time tini
+# Only for `make bench` (the docker peer of bench/run_latency.py); `make test` does not install them.
+BENCH_PKGS  := docker.io
 CACHE       ?= /var/cache/dockyard-test
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv bytecode demo test lint images bench clean
+.PHONY: help deps bench-deps venv bytecode demo test lint images bench clean
 
 help:
 	@echo "make demo   install what is missing, then run the demo"
 	@echo "make test   install what is missing, then run lint, types and the test suite"
 
 # Debian packages: only the missing ones are installed, so a second run is fast.
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+deps bench-deps:
+	@missing=""; for p in $(if $(filter bench-deps,$@),$(BENCH_PKGS),$(DEB_PKGS)); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -58,7 +60,7 @@ lint: venv
 test: venv bytecode images lint
 	DOCKYARD_TEST_CACHE=$(CACHE) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench: venv bytecode images
+bench: venv bytecode images bench-deps
 	$(VPY) bench/runtime_start.py --cache $(CACHE)
 	$(VPY) bench/run_latency.py --cache $(CACHE)
 
