@@ -95,3 +95,17 @@ def test_killed_monitor_keeps_the_container_and_ps_tells_the_truth(dy: Dockyard)
     dy("rm", "-f", cid)
     assert dy("ps", "-aq").stdout == ""
     assert "ok:" in dy("system", "check").stdout
+
+
+def test_a_container_that_exits_by_itself_releases_its_rootfs(dy: Dockyard) -> None:
+    cid = dy("run", "-d", "busybox", "true").stdout.strip()
+    assert dy("wait", cid).stdout.strip() == "0"
+    deadline = time.monotonic() + 5
+    rootfs = str(dy.root / "containers" / cid / "rootfs")
+    while os.path.ismount(rootfs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.ismount(rootfs)
+    assert "ok:" in dy("system", "check").stdout
+    dy("start", cid)  # and it can start again: the mount comes back
+    assert dy("wait", cid).stdout.strip() == "0"
+    dy("rm", cid)

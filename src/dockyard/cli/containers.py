@@ -92,6 +92,9 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("container")
 
 
+MIN_MEMORY = 6 * 1024 * 1024  # Docker's linuxMinMemory
+
+
 def parse_size(text: str) -> int:
     """Docker's sizes: 64m, 1g, 512k, 1024b, plain bytes."""
     units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -129,7 +132,10 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         user = (int(uid), int(gid or 0), [])
     resources: dict[str, object] = {}
     if args.memory:
-        resources["memory"] = {"limit": parse_size(args.memory)}
+        limit = parse_size(args.memory)
+        if limit < MIN_MEMORY:
+            raise UsageError("Minimum memory limit allowed is 6MB")
+        resources["memory"] = {"limit": limit}
     if args.cpus:
         try:
             cpus = float(args.cpus)
@@ -367,7 +373,12 @@ def _ps(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     from dockyard.cli.filters import parse_timestamp
 
-    tail = None if args.tail in (None, "all") else int(args.tail)
+    try:
+        tail = None if args.tail in (None, "all") else int(args.tail)
+    except ValueError:
+        raise UsageError(
+            f'invalid value for --tail: "{args.tail}": give a number of lines or "all"'
+        ) from None
     since = parse_timestamp(args.since, "--since") if args.since else None
     until = parse_timestamp(args.until, "--until") if args.until else None
     for stream, _, text in engine(args).logs(

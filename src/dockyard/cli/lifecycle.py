@@ -26,13 +26,15 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
 
 
 def resources(args: argparse.Namespace) -> dict[str, Any]:
-    from dockyard.cli.containers import parse_size
+    from dockyard.cli.containers import MIN_MEMORY, parse_size
     from dockyard.cli.errors import UsageError
 
     found: dict[str, Any] = {}
     memory: dict[str, Any] = {}
     if args.memory:
         memory["limit"] = parse_size(args.memory)
+        if memory["limit"] < MIN_MEMORY:
+            raise UsageError("Minimum memory limit allowed is 6MB")
     if args.memory_swap:
         memory["swap"] = -1 if args.memory_swap == "-1" else parse_size(args.memory_swap)
     if args.memory_reservation:

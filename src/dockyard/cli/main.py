@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         code = _dispatch(argv)
     if as_command:
         # Nothing left to clean up but the interpreter, whose teardown costs milliseconds.
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            code = _stdout_closed()
         sys.stderr.flush()
         os._exit(code)
     return code
@@ -114,6 +117,8 @@ def _dispatch(argv: list[str]) -> int:
     try:
         return int(module.run(args.verb, args))
     except Exception as err:  # every user error is one line; anything else is a bug
+        if isinstance(err, BrokenPipeError) and _reader_gone():
+            return _stdout_closed()  # `dockyard logs c | head`: the reader left; not an error
         from dockyard.cli.errors import describe
 
         message = describe(err)
@@ -121,3 +126,21 @@ def _dispatch(argv: list[str]) -> int:
             raise
         sys.stderr.write(f"Error: {message}\n")
         return 1
+
+
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (and not some other pipe we wrote)."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
+
+
+def _stdout_closed() -> int:
+    """Whoever read our stdout is gone: drop what is left unwritten; 128 + SIGPIPE,
+    as a shell reports for a Go program like docker."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 def add_arguments(verb: str, parser: argparse.ArgumentParser) -> None:
     if verb == "version":
-        parser.add_argument("-f", "--format", help="Go-template-style format (only {{json .}})")
+        parser.add_argument("-f", "--format", help="Go-template-style format")
     elif verb == "system":
         parser.add_argument("action", choices=["check", "df", "prune"])
         parser.add_argument("--repair", action="store_true", help="mend what a crash left behind")
@@ -63,10 +63,16 @@ def _version(args: argparse.Namespace) -> int:
         "PythonVersion": platform.python_version(),
         "OciRuntimeSpec": OCI_VERSION,
     }
-    if args.format and "json" in args.format:
-        import json
+    if args.format:
+        import sys
 
-        print(json.dumps({"Client": info}))
+        from dockyard.cli.gotemplate import TemplateError, render
+
+        try:
+            print(render(args.format, {"Client": info}))
+        except TemplateError as err:
+            sys.stderr.write(f"template parsing error: {err}\n")
+            return 1
         return 0
     print("Client: dockyard")
     for key, value in info.items():

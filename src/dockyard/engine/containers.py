@@ -372,9 +372,21 @@ class Engine:
 
     def start(self, name: str, attach: bool = False) -> Container:
         """`attach`: a client attaches right after; it gets the output from the start."""
-        from dockyard.engine.monitor_start import MonitorSpec, spawn_monitor
+        import fcntl
 
         container = self.get(name)
+        # One start at a time: a second one would find the runtime's container taken,
+        # and its monitor's cleanup would delete the first one's (and unmount its rootfs).
+        lock = os.open(os.path.join(container.dir, "start.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start_locked(container, attach)
+        finally:
+            os.close(lock)
+
+    def _start_locked(self, container: Container, attach: bool) -> Container:
+        from dockyard.engine.monitor_start import MonitorSpec, spawn_monitor
+
         if container.status() in ("running", "restarting", "paused"):
             return container
         rootfs = os.path.join(container.dir, "rootfs")

@@ -83,6 +83,8 @@ def build_process(base: dict[str, Any], opts: ExecOptions) -> dict[str, Any]:
         else:
             index[key] = len(env)
             env.append(entry)
+    if opts.tty and "TERM" not in index:  # as Docker's daemon environment has it
+        env.append("TERM=xterm")
     process["env"] = env
     if opts.workdir:
         if not opts.workdir.startswith("/"):

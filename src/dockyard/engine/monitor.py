@@ -184,6 +184,7 @@ class Monitor:
             self._close_listener()
             if self.writer is not None:
                 self.writer.close()
+            self.release_rootfs()
             self._remove(spec.pid_file)
         return 0
 
@@ -469,6 +470,38 @@ class Monitor:
             write_json(self.spec.state_file, doc)
         except OSError:
             pass
+
+    def release_rootfs(self) -> None:
+        """Unmount the container's rootfs once it is gone for good, as Docker does.
+
+        Under the engine's start lock, and only while the pid file still names
+        this monitor: a `start` that already took over keeps its mount.
+        """
+        rootfs = os.path.join(self.spec.bundle, "rootfs")
+        if not os.path.ismount(rootfs):
+            return
+        import fcntl
+
+        lock = os.open(
+            os.path.join(self.spec.container_dir, "start.lock"),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with open(self.spec.pid_file) as f:
+                    ours = f.read().strip() == str(os.getpid())
+            except OSError:
+                ours = False
+            if ours and os.path.ismount(rootfs):
+                from dockyard.storage.snapshots import unmount
+
+                unmount(rootfs)
+        except OSError:
+            pass  # still mounted: `rm`, `start` and `system check --repair` handle it
+        finally:
+            os.close(lock)
 
     @staticmethod
     def _remove(path: str) -> None:

@@ -146,5 +146,6 @@ def resume() -> None:
     finally:
         monitor._close_listener()
         writer.close()
+        monitor.release_rootfs()
         monitor._remove(spec.pid_file)
     os._exit(0)

@@ -265,7 +265,9 @@ def build(
             "terminal": opts.tty,
             "user": user,
             "args": process_args(config, opts),
-            "env": merge_env(list(config.get("Env") or []), opts.env),
+            "env": merge_env(
+                ["TERM=xterm"] if opts.tty else [], [*(config.get("Env") or []), *opts.env]
+            ),
             "cwd": opts.workdir or config.get("WorkingDir") or "/",
             "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
             "rlimits": list(opts.rlimits),
