@@ -280,34 +280,28 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _each(args: argparse.Namespace, action: str) -> int:
-    """Apply an action to every named container; errors are printed, status 1 at the end."""
+    """Apply an action to every named container, as Docker's multi-name verbs do."""
+    from dockyard.cli.errors import for_each
+
     eng = engine(args)
-    failed = False
-    for name in args.containers:
-        try:
-            if action == "start":
-                eng.start(name)
-            elif action == "stop":
-                eng.stop(name, timeout=args.time)
-            elif action == "kill":
-                from dockyard.runtime.cli import parse_signal
 
-                eng.kill(name, parse_signal(args.signal))
-            elif action == "rm":
-                eng.remove(name, force=args.force, volumes=args.volumes)
-            elif action == "wait":
-                print(eng.wait(name))
-                continue
-            print(name)
-        except Exception as err:  # one line per container, as Docker prints them
-            from dockyard.cli.errors import describe
+    def one(name: str) -> None:
+        if action == "start":
+            eng.start(name)
+        elif action == "stop":
+            eng.stop(name, timeout=args.time)
+        elif action == "kill":
+            from dockyard.runtime.cli import parse_signal
 
-            message = describe(err)
-            if message is None:
-                raise
-            sys.stderr.write(f"Error response from daemon: {message}\n")
-            failed = True
-    return 1 if failed else 0
+            eng.kill(name, parse_signal(args.signal))
+        elif action == "rm":
+            eng.remove(name, force=args.force, volumes=args.volumes)
+        elif action == "wait":
+            print(eng.wait(name))
+            return
+        print(name)
+
+    return for_each(args.containers, one)
 
 
 def _start(args: argparse.Namespace) -> int:

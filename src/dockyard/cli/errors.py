@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
 
 class UsageError(ValueError):
     """A flag or argument the user gave that can't work; the message says how to fix it."""
@@ -32,3 +36,21 @@ def describe(err: Exception) -> str | None:
     if isinstance(err, OSError) and err.strerror:
         return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
     return None
+
+
+def for_each(names: Iterable[str], action: Callable[[str], None]) -> int:
+    """Docker's multi-name verbs (`rm a b`, `stop a b`): each error is one line and the
+    rest still run; exit status 1 if any failed."""
+    import sys
+
+    failed = False
+    for name in names:
+        try:
+            action(name)
+        except Exception as err:  # one line per name; anything else is a bug
+            message = describe(err)
+            if message is None:
+                raise
+            sys.stderr.write(f"Error response from daemon: {message}\n")
+            failed = True
+    return 1 if failed else 0

@@ -71,18 +71,12 @@ def _tag(args: argparse.Namespace) -> int:
 
 
 def _rmi(args: argparse.Namespace) -> int:
-    from dockyard.cli.errors import describe
+    from dockyard.cli.errors import for_each
 
     images = store(args)
-    failed = False
-    for name in args.images:
-        try:
-            for kind, value in images.remove(name, force=args.force):
-                print(f"{kind}: {value}")
-        except Exception as err:  # one line per image, as Docker prints them
-            message = describe(err)
-            if message is None:
-                raise
-            sys.stderr.write(f"Error response from daemon: {message}\n")
-            failed = True
-    return 1 if failed else 0
+
+    def one(name: str) -> None:
+        for kind, value in images.remove(name, force=args.force):
+            print(f"{kind}: {value}")
+
+    return for_each(args.images, one)

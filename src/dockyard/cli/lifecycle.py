@@ -61,7 +61,7 @@ def resources(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(verb: str, args: argparse.Namespace) -> int:
     from dockyard.cli.containers import engine, restart_policy
-    from dockyard.cli.errors import describe
+    from dockyard.cli.errors import for_each
     from dockyard.engine import update
 
     eng = engine(args)
@@ -71,18 +71,12 @@ def run(verb: str, args: argparse.Namespace) -> int:
         if not limits and not policy:
             sys.stderr.write("Error: you must provide one or more flags when using this command\n")
             return 1
-    failed = False
-    for name in args.containers:
-        try:
-            if verb == "restart":
-                update.restart(eng, name, timeout=args.time)
-            else:
-                update.update(eng, name, limits, policy)
-            print(name)
-        except Exception as err:  # one line per container, as Docker prints them
-            message = describe(err)
-            if message is None:
-                raise
-            sys.stderr.write(f"Error response from daemon: {message}\n")
-            failed = True
-    return 1 if failed else 0
+
+    def one(name: str) -> None:
+        if verb == "restart":
+            update.restart(eng, name, timeout=args.time)
+        else:
+            update.update(eng, name, limits, policy)
+        print(name)
+
+    return for_each(args.containers, one)

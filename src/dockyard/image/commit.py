@@ -208,17 +208,9 @@ class _Walker:
         self.inodes: dict[tuple[int, int], str] = {}
 
     def info(self, name: str, st: os.stat_result, xattrs: dict[str, bytes]) -> tarfile.TarInfo:
-        import tarfile
+        from dockyard.image.layer_diff import tar_header
 
-        info = tarfile.TarInfo(name)
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.uname = info.gname = ""
-        info.mtime = int(st.st_mtime)
-        info.pax_headers = {
-            "SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()
-        }
-        return info
+        return tar_header(name, st, xattrs)
 
     def directory(self, dir_fd: int, rel: str) -> None:
         import tarfile

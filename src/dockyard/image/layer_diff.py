@@ -54,6 +54,22 @@ def _any(xattrs: dict[str, bytes], names: tuple[str, ...]) -> bytes | None:
     return None
 
 
+def tar_header(name: str, st: os.stat_result, xattrs: dict[str, bytes]) -> tarfile.TarInfo:
+    """A deterministic PAX header: owner by number, whole-second mtime, xattrs as SCHILY."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.mtime = int(st.st_mtime)
+    info.pax_headers = {
+        "SCHILY.xattr." + key: value.decode("utf-8", "surrogateescape")
+        for key, value in xattrs.items()
+    }
+    return info
+
+
 class _Differ:
     def __init__(self, upper: str, tar: tarfile.TarFile, lowers: list[str]) -> None:
         self.upper = upper
@@ -62,19 +78,8 @@ class _Differ:
         self.inodes: dict[tuple[int, int], str] = {}
 
     def info(self, name: str, st: os.stat_result, xattrs: dict[str, bytes]) -> tarfile.TarInfo:
-        import tarfile
-
-        info = tarfile.TarInfo(name)
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.uname = info.gname = ""
-        info.mtime = int(st.st_mtime)
-        info.pax_headers = {
-            "SCHILY.xattr." + key: value.decode("utf-8", "surrogateescape")
-            for key, value in xattrs.items()
-            if not key.startswith(_OVERLAY_XATTRS)
-        }
-        return info
+        kept = {k: v for k, v in xattrs.items() if not k.startswith(_OVERLAY_XATTRS)}
+        return tar_header(name, st, kept)
 
     def whiteout(self, rel: str, st: os.stat_result) -> None:
         import tarfile
