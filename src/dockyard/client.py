@@ -180,16 +180,12 @@ class ContainerCollection:
             resources["memory"] = {"limit": limit}
         if pids_limit:
             resources["pids"] = {"limit": pids_limit}
-        uid_gid: tuple[int, int, list[int]] | None = None
-        if user is not None:
-            uid, _, gid = str(user).partition(":")
-            uid_gid = (int(uid), int(gid or 0), [])
         opts = RunOptions(
             command=_as_list(command),
             entrypoint=_as_list(entrypoint),
             env=env,
             workdir=working_dir,
-            user=uid_gid,
+            user_spec=None if user is None else str(user),
             hostname=hostname,
             tty=tty,
             read_only=read_only,

@@ -122,14 +122,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         with open(path) as f:
             env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
     env = [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env]
-    user: tuple[int, int, list[int]] | None = None
-    if args.user:
-        uid, _, gid = args.user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
-            raise UsageError(
-                f'--user "{args.user}": give UID[:GID] as numbers (names come with a later release)'
-            )
-        user = (int(uid), int(gid or 0), [])
+    if args.user is not None and not args.user.partition(":")[0]:
+        raise UsageError(f'invalid --user "{args.user}": use USER[:GROUP], names or numbers')
     resources: dict[str, object] = {}
     if args.memory:
         limit = parse_size(args.memory)
@@ -167,7 +161,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         entrypoint=shlex.split(args.entrypoint) if args.entrypoint is not None else None,
         env=env,
         workdir=args.workdir,
-        user=user,
+        user_spec=args.user,
         hostname=args.hostname,
         tty=args.tty,
         read_only=args.read_only,

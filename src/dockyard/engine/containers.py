@@ -271,12 +271,13 @@ class Engine:
         image = self.images.get(image_name)
         container_id = db.new_id()
         wanted = check_name(name) if name else None
+        top = self.images.unpack(image)
+        self._resolve_user(image.config.get("config") or {}, opts, top)
         plan = MountPlan(VolumeStore(self.root, self.conn), image.config, opts)
         config = spec.build(container_id, image.config, plan.options, rootfs="rootfs")
         from dockyard.engine import hostconfig
 
         extras = hostconfig.finish(config, plan.options, image.config)
-        top = self.images.unpack(image)
         directory = os.path.join(self.root, "containers", container_id)
         self.images.snapshots.prepare(f"container-{container_id}", top)
         try:
@@ -317,6 +318,21 @@ class Engine:
             self.remove(container_id, force=True, volumes=True)
             raise
         return self.get(container_id)
+
+    def _resolve_user(
+        self, image_config: dict[str, Any], opts: RunOptions, top: str | None
+    ) -> None:
+        """-u (or the image's USER) as uid, gid and groups from the image's passwd/group."""
+        spec = opts.user_spec or image_config.get("User") or ""
+        if not spec or opts.user is not None:
+            return
+        from dockyard.engine.users import UserError, resolve
+
+        layers = self.images.snapshots.layer_dirs(top) if top else []
+        try:
+            opts.user = resolve(spec, layers)
+        except UserError as err:
+            raise EngineError(str(err)) from None
 
     def _insert(
         self,

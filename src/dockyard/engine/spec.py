@@ -109,6 +109,7 @@ class RunOptions:
         env: list[str] | None = None,
         workdir: str | None = None,
         user: tuple[int, int, list[int]] | None = None,
+        user_spec: str | None = None,
         hostname: str | None = None,
         tty: bool = False,
         read_only: bool = False,
@@ -131,6 +132,8 @@ class RunOptions:
         self.env = env or []
         self.workdir = workdir
         self.user = user
+        # -u as given (names or numbers); the engine resolves it against the image.
+        self.user_spec = user_spec
         self.hostname = hostname
         self.tty = tty
         self.read_only = read_only

@@ -296,6 +296,13 @@ class OverlaySnapshotter:
         except FileNotFoundError:
             return []
 
+    def layer_dirs(self, key: str) -> list[str]:
+        """The directories whose union is snapshot `key`, its own first (for reading a file
+        of an image without mounting it)."""
+        conn = self.conn
+        row = self._get(conn, key)
+        return [self._fs(sid) for sid in self._ancestors(conn, int(row["id"]))]
+
     def _fs(self, sid: int) -> str:
         return os.path.join(self.dir, str(sid), "diff")
 
