@@ -94,4 +94,4 @@ def test_a_profile_file_replaces_the_default(dy: Dockyard, tmp_path: Path) -> No
     out = dy(
         "run", "--rm", "--security-opt", "seccomp=/no/such.json", "busybox", "true", check=False
     )
-    assert out.returncode == 1 and "opening seccomp profile (/no/such.json) failed" in out.stderr
+    assert out.returncode == 125 and "opening seccomp profile (/no/such.json) failed" in out.stderr

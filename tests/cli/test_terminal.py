@@ -208,5 +208,5 @@ def test_exec_it_and_exec_i(dy: Dockyard) -> None:
 @needs_root
 def test_it_needs_a_terminal_on_stdin(dy: Dockyard) -> None:
     out = dy("run", "-it", "--rm", "busybox", "true", check=False)
-    assert (out.returncode, out.stderr) == (1, "Error: the input device is not a TTY\n")
+    assert (out.returncode, out.stderr) == (125, "Error: the input device is not a TTY\n")
     assert dy("ps", "-aq").stdout == ""

@@ -240,6 +240,29 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Docker's exit codes for `run` itself: 125 when run fails, 126 when the command
+    can't be invoked, 127 when it isn't there; otherwise the container's own."""
+    from dockyard.cli.errors import describe
+    from dockyard.runtime.errors import RuntimeFailure
+
+    try:
+        return _run_container(args)
+    except Exception as err:
+        message = describe(err)
+        if message is None:
+            raise
+        sys.stderr.write(f"Error: {message}\n")
+        low = message.lower()
+        if isinstance(err, RuntimeFailure) and (
+            "executable file not found" in low or "no such file or directory" in low
+        ):
+            return 127
+        if isinstance(err, RuntimeFailure) and "permission denied" in low:
+            return 126
+        return 125
+
+
+def _run_container(args: argparse.Namespace) -> int:
     from dockyard.cli.attach import check_input_tty
     from dockyard.engine.monitor_start import MonitorStarter
 
