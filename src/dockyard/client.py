@@ -174,7 +174,7 @@ class ContainerCollection:
         )
         resources: dict[str, Any] = {}
         if mem_limit is not None:
-            from dockyard.cli.containers import parse_size
+            from dockyard.engine.spec import parse_size
 
             limit = mem_limit if isinstance(mem_limit, int) else parse_size(mem_limit)
             resources["memory"] = {"limit": limit}

@@ -6,6 +6,7 @@ import os
 import sys
 
 from dockyard.cli.errors import UsageError
+from dockyard.engine.spec import MIN_MEMORY, parse_size  # the other verbs take them from here
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
@@ -90,26 +91,6 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--since")
         p.add_argument("--until")
         p.add_argument("container")
-
-
-MIN_MEMORY = 6 * 1024 * 1024  # Docker's linuxMinMemory
-
-
-def parse_size(text: str) -> int:
-    """Docker's sizes: 64m, 1g, 512k, 1024b, plain bytes."""
-    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    value = text.strip().lower()
-    unit = value[-1] if value and value[-1] in units else "b"
-    number = value[:-1] if value and value[-1] in units else value
-    try:
-        size = int(float(number) * units[unit])
-    except ValueError:
-        raise UsageError(
-            f'invalid size: "{text}": use a number with an optional b, k, m or g'
-        ) from None
-    if size <= 0:
-        raise UsageError(f'invalid size: "{text}": must be positive')
-    return size
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:

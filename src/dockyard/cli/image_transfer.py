@@ -211,7 +211,7 @@ def _layer_sizes(images: ImageStore, manifest_digest: str, chain_ids: list[str])
 
 def _export(args: argparse.Namespace) -> int:
     from dockyard.cli.containers import engine
-    from dockyard.image.commit import export
+    from dockyard.engine.commit import export
 
     eng = engine(args)
     eng.get(args.container)  # an unknown container fails before any output
@@ -221,7 +221,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _commit(args: argparse.Namespace) -> int:
     from dockyard.cli.containers import engine
-    from dockyard.image.commit import commit
+    from dockyard.engine.commit import commit
 
     image = commit(
         engine(args),

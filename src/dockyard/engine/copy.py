@@ -8,7 +8,7 @@ resolved with the container root as `/`: every component is reached through a
 directory fd, and a symlink is resolved in scope (`/` is the container root,
 `..` stops there; `layers._Root.walk`), so neither an absolute link nor
 `../../..` can lead to a host file. What is read is tarred without following
-any link (`commit._Walker`); what is written is unpacked by `layers.apply_layer`,
+any link (`commit.TreeWalker`); what is written is unpacked by `layers.apply_layer`,
 which never writes outside its target directory.
 
 Ownership: without `archive` (-a), copied files belong to root (uid 0) at the
@@ -59,11 +59,11 @@ def _container_root(engine: Engine, container: Container, writable: bool) -> Ite
         return
     import secrets
 
-    from dockyard.image.commit import _layer_dirs, _read_only
+    from dockyard.engine.commit import layer_dirs, read_only_view
     from dockyard.storage.snapshots import mount_all, unmount_all
 
-    _, _, mounts = _layer_dirs(engine, container)
-    view = mounts if writable else _read_only(mounts)
+    _, _, mounts = layer_dirs(engine, container)
+    view = mounts if writable else read_only_view(mounts)
     target = os.path.join(engine.root, "tmp", f"cp-{container.id[:12]}-{secrets.token_hex(4)}")
     os.makedirs(target, 0o700)
     try:
@@ -169,19 +169,19 @@ def write_entry(out: BinaryIO, parent_fd: int, leaf: str, name: str) -> None:
     """
     import tarfile
 
-    from dockyard.image.commit import _Walker, _xattrs
+    from dockyard.engine.commit import TreeWalker, read_xattrs
     from dockyard.image.layers import _io
 
     with tarfile.open(
         fileobj=_io(out), mode="w|", format=tarfile.PAX_FORMAT, errors="surrogateescape"
     ) as tar:
-        walker = _Walker(tar)
+        walker = TreeWalker(tar)
         st = os.fstat(parent_fd) if not leaf else os.lstat(leaf, dir_fd=parent_fd)
         if stat.S_ISDIR(st.st_mode):
             fd = os.dup(parent_fd) if not leaf else os.open(leaf, _DIR_FLAGS, dir_fd=parent_fd)
             try:
                 if name:
-                    info = walker.info(name, os.fstat(fd), _xattrs(fd))
+                    info = walker.info(name, os.fstat(fd), read_xattrs(fd))
                     info.type = tarfile.DIRTYPE
                     tar.addfile(info)
                 walker.directory(fd, name)

@@ -97,8 +97,8 @@ def layer_changes(upper: str, lowers: list[str]) -> list[tuple[str, str]]:
 
 def container_changes(engine: Engine, name: str) -> list[tuple[str, str]]:
     """`docker diff CONTAINER`."""
-    from dockyard.image.commit import _layer_dirs
+    from dockyard.engine.commit import layer_dirs
 
     container = engine.get(name)
-    upper, lowers, _ = _layer_dirs(engine, container)
+    upper, lowers, _ = layer_dirs(engine, container)
     return layer_changes(upper, lowers)

@@ -282,3 +282,23 @@ def build(
         "linux": linux,
         "annotations": {f"org.dockyard.label.{k}": v for k, v in opts.labels.items()},
     }
+
+
+MIN_MEMORY = 6 * 1024 * 1024  # Docker's linuxMinMemory
+
+
+def parse_size(text: str) -> int:
+    """Docker's sizes: 64m, 1g, 512k, 1024b, plain bytes."""
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    value = text.strip().lower()
+    unit = value[-1] if value and value[-1] in units else "b"
+    number = value[:-1] if value and value[-1] in units else value
+    try:
+        size = int(float(number) * units[unit])
+    except ValueError:
+        raise SpecError(
+            f'invalid size: "{text}": use a number with an optional b, k, m or g'
+        ) from None
+    if size <= 0:
+        raise SpecError(f'invalid size: "{text}": must be positive')
+    return size

@@ -36,7 +36,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 
-def _layer_dirs(engine: Engine, container: Container) -> tuple[str, list[str], list[Mount]]:
+def layer_dirs(engine: Engine, container: Container) -> tuple[str, list[str], list[Mount]]:
     """(upper dir, lower dirs top first, the snapshot's mounts) of a container."""
     mounts = engine.images.snapshots.mounts(f"container-{container.id}")
     upper, lowers = "", []
@@ -101,7 +101,7 @@ def commit(
         if container.config.get(key) is not None:
             base[key] = container.config[key]
     container_config = apply_changes(base, list(changes or []))
-    upper, lowers, _ = _layer_dirs(engine, container)
+    upper, lowers, _ = layer_dirs(engine, container)
     with _frozen(engine, container, pause), engine.images.content.writer() as writer:
         diff_id = diff_layer(upper, writer, lowers=lowers)  # type: ignore[arg-type]
         size = writer.offset
@@ -138,7 +138,7 @@ def commit(
 # ---------------------------------------------------------------------------- export
 
 
-def _read_only(mounts: list[Mount]) -> list[Mount]:
+def read_only_view(mounts: list[Mount]) -> list[Mount]:
     """The same layers mounted read-only: the upper dir joins the lowers, no work dir."""
     from dockyard.storage.snapshots import Mount
 
@@ -169,11 +169,11 @@ def export(engine: Engine, name: str, out: BinaryIO) -> None:
     from dockyard.storage.snapshots import mount_all, unmount_all
 
     container = engine.get(name)
-    _, _, mounts = _layer_dirs(engine, container)
+    _, _, mounts = layer_dirs(engine, container)
     target = os.path.join(engine.root, "tmp", f"export-{container.id[:12]}-{secrets.token_hex(4)}")
     os.makedirs(target, 0o700)
     try:
-        mount_all(_read_only(mounts), target)
+        mount_all(read_only_view(mounts), target)
         try:
             write_tree(target, out)
         finally:
@@ -197,12 +197,12 @@ def write_tree(root: str, out: BinaryIO) -> None:
             encoding="utf-8",
             errors="surrogateescape",
         ) as tar:
-            _Walker(tar).directory(fd, "")
+            TreeWalker(tar).directory(fd, "")
     finally:
         os.close(fd)
 
 
-class _Walker:
+class TreeWalker:
     def __init__(self, tar: tarfile.TarFile) -> None:
         self.tar = tar
         self.inodes: dict[tuple[int, int], str] = {}
@@ -230,7 +230,7 @@ class _Walker:
                 except (FileNotFoundError, NotADirectoryError, OSError):
                     continue
                 try:
-                    info = self.info(name, os.fstat(fd), _xattrs(fd))
+                    info = self.info(name, os.fstat(fd), read_xattrs(fd))
                     info.type = tarfile.DIRTYPE
                     self.tar.addfile(info)
                     self.directory(fd, name)
@@ -271,12 +271,12 @@ class _Walker:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return
-            info = self.info(name, st, _xattrs(fd))
+            info = self.info(name, st, read_xattrs(fd))
             info.type, info.size = tarfile.REGTYPE, st.st_size
             self.tar.addfile(info, _Exact(data, st.st_size))
 
 
-def _xattrs(fd: int) -> dict[str, bytes]:
+def read_xattrs(fd: int) -> dict[str, bytes]:
     try:
         names = os.listxattr(fd)
     except OSError:
