@@ -18,6 +18,7 @@ import pytest
 from dockyard.image.layer_diff import diff_layer
 from dockyard.image.layers import LayerError, apply_layer, apply_layer_with_diff_id
 from dockyard.runtime import syscalls
+from tests.image.fs_tree import tree_state
 from tests.image.test_layers import directory, file, hardlink, make_tar, member, symlink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlay and chown need root")
@@ -26,34 +27,7 @@ CAP = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
 
 
 def tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """What a container sees below `root`: names, types, modes, owners, contents, links."""
-    seen: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            content: object = None
-            if stat.S_ISREG(st.st_mode):
-                content = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(path)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                content = st.st_rdev
-            xattrs = {
-                k: os.getxattr(path, k, follow_symlinks=False)
-                for k in sorted(os.listxattr(path, follow_symlinks=False))
-            }
-            seen[os.path.relpath(path, root)] = (
-                stat.S_IFMT(st.st_mode),
-                stat.S_IMODE(st.st_mode),
-                st.st_uid,
-                st.st_gid,
-                None if stat.S_ISDIR(st.st_mode) else st.st_nlink,  # overlay fakes dir nlink
-                int(st.st_mtime),
-                content,
-                xattrs,
-            )
-    return seen
+    return tree_state(root, dir_links=False)
 
 
 def lower_layer() -> bytes:

@@ -22,6 +22,7 @@ from dockyard.image.layers import (
     normalize_name,
     open_layer,
 )
+from tests.image.fs_tree import tree_state
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers are applied as root")
 
@@ -88,34 +89,7 @@ def apply(tar: bytes, target: Path, **kw: bool) -> int:
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """Everything a layer can set, for every entry below `root` (root itself excluded)."""
-    seen: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            content: object = None
-            if stat.S_ISREG(st.st_mode):
-                content = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(path)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                content = st.st_rdev
-            xattrs = {
-                k: os.getxattr(path, k, follow_symlinks=False)
-                for k in sorted(os.listxattr(path, follow_symlinks=False))
-            }
-            seen[os.path.relpath(path, root)] = (
-                stat.S_IFMT(st.st_mode),
-                stat.S_IMODE(st.st_mode),
-                st.st_uid,
-                st.st_gid,
-                st.st_nlink,
-                int(st.st_mtime),
-                content,
-                xattrs,
-            )
-    return seen
+    return tree_state(root, dir_links=True)
 
 
 # --- member types and attributes ---------------------------------------------------------
