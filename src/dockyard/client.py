@@ -4,7 +4,9 @@
     client = dockyard.Client()
     print(client.containers.run("busybox", ["echo", "hi"], remove=True))
     web = client.containers.run("busybox", "sleep 60", detach=True, name="web")
+    print(web.exec_run("echo hi"))          # ExecResult(exit_code=0, output=b'hi\n')
     web.stop(); web.remove()
+    data = client.volumes.create("data")
 
 It calls the same engine functions as the `dockyard` CLI, in this process, with
 no daemon.
@@ -14,15 +16,32 @@ from __future__ import annotations
 
 import os
 
+from dockyard.client_running import ExecResult, ExecStream
+from dockyard.client_volumes import Volume, VolumeCollection, VolumeError, VolumeNotFound
 from dockyard.engine.containers import Container as _Record
-from dockyard.engine.containers import Engine, EngineError
+from dockyard.engine.containers import ContainerNotFound, Engine, EngineError
 from dockyard.engine.spec import RunOptions
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
+    from dockyard.engine.mountspec import MountSpec
     from dockyard.image.store import Image as _ImageRecord
+
+__all__ = [
+    "Client",
+    "Container",
+    "ContainerError",
+    "ContainerNotFound",
+    "EngineError",
+    "ExecResult",
+    "ExecStream",
+    "Image",
+    "Volume",
+    "VolumeError",
+    "VolumeNotFound",
+]
 
 DEFAULT_ROOT = "/var/lib/dockyard"
 
@@ -50,6 +69,7 @@ class Client:
         self.engine.keep_warm = True
         self.containers = ContainerCollection(self)
         self.images = ImageCollection(self)
+        self.volumes = VolumeCollection(self)
 
     @classmethod
     def from_env(cls) -> Client:
@@ -87,6 +107,13 @@ class Container:
     def labels(self) -> dict[str, str]:
         return dict(self._record.config.get("Labels") or {})
 
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """`dockyard inspect`'s object for the container, as it is now."""
+        from dockyard.engine.inspect import container_document
+
+        return container_document(self.client.engine, self._record)
+
     def reload(self) -> None:
         self._record = self.client.engine.get(self.id)
 
@@ -104,7 +131,90 @@ class Container:
         )
 
     def remove(self, force: bool = False, v: bool = False) -> None:
-        self.client.engine.remove(self.id, force=force)
+        """`v`: also remove its anonymous volumes (`rm -v`)."""
+        self.client.engine.remove(self.id, force=force, volumes=v)
+
+    def pause(self) -> None:
+        from dockyard.engine import control
+
+        control.pause(self.client.engine, self.id)
+
+    def unpause(self) -> None:
+        from dockyard.engine import control
+
+        control.unpause(self.client.engine, self.id)
+
+    def rename(self, name: str) -> None:
+        from dockyard.engine import control
+
+        self._record = control.rename(self.client.engine, self.id, name)
+
+    def top(self, ps_args: str | None = None) -> dict[str, Any]:
+        """{"Titles": [...], "Processes": [[...], ...]} from `ps` (ps_args: "-ef" by default)."""
+        import shlex
+
+        from dockyard.engine import control
+
+        titles, rows = control.top(self.client.engine, self.id, shlex.split(ps_args or ""))
+        return {"Titles": titles, "Processes": rows}
+
+    def stats(
+        self, decode: bool | None = None, stream: bool = True, one_shot: bool | None = None
+    ) -> Any:
+        """Docker's stats object: with stream (the default) an iterator of them, one a
+        second until the container stops (JSON bytes, or dicts with `decode`);
+        otherwise one dict (CPU figures over half a second, none with `one_shot`)."""
+        from dockyard import client_running
+
+        return client_running.stats(self.client.engine, self.id, stream, decode, one_shot)
+
+    def exec_run(
+        self,
+        cmd: str | list[str],
+        stdout: bool = True,
+        stderr: bool = True,
+        stdin: bool = False,
+        tty: bool = False,
+        privileged: bool = False,
+        user: str | int = "",
+        detach: bool = False,
+        stream: bool = False,
+        socket: bool = False,
+        environment: dict[str, str] | list[str] | None = None,
+        workdir: str | None = None,
+        demux: bool = False,
+    ) -> ExecResult:
+        """Run a command in the running container, as `dockyard exec`: ExecResult(exit_code,
+        output). output is bytes (stdout and stderr as they came), (stdout, stderr) with
+        demux (None for a stream that said nothing), or with stream an ExecStream of
+        chunks (exit_code None; the stream's own exit_code once it ended). detach: start
+        it and return ExecResult(None, b""). A command that can't start gives Docker's
+        126/127 and the message as output. stdin: the process reads /dev/null (there is
+        no socket to write to; socket=True raises EngineError)."""
+        from dockyard import client_running
+
+        return client_running.exec_run(
+            self.client.engine,
+            self.id,
+            cmd,
+            stdout=stdout,
+            stderr=stderr,
+            tty=tty,
+            privileged=privileged,
+            user=user,
+            detach=detach,
+            stream=stream,
+            socket=socket,
+            environment=environment,
+            workdir=workdir,
+            demux=demux,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Container) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(("Container", self.id))
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         code = self.client.engine.wait(self.id, timeout=timeout)
@@ -130,6 +240,36 @@ class Container:
 
     def __repr__(self) -> str:
         return f"<Container: {self.short_id}>"
+
+
+def _mount_specs(
+    volumes: dict[str, Any] | list[str] | None, tmpfs: dict[str, str] | None
+) -> list[MountSpec]:
+    """docker-py's `volumes` ({source: {"bind": target, "mode": "rw"}} or ["source:target:mode",
+    "/anonymous"]) and `tmpfs` ({target: "size=64m"}) as `-v` and `--tmpfs` would give them."""
+    from dockyard.engine import mountspec
+
+    binds: list[str] = []
+    if isinstance(volumes, dict):
+        for source, value in volumes.items():
+            if not isinstance(value, dict):
+                binds.append(f"{source}:{value}:rw")
+                continue
+            if "ro" in value and "mode" in value:
+                raise EngineError(f'Binding cannot contain both "ro" and "mode": {value!r}')
+            mode = ("ro" if value["ro"] else "rw") if "ro" in value else value.get("mode", "rw")
+            if value.get("propagation"):
+                mode = f"{mode},{value['propagation']}" if mode else value["propagation"]
+            binds.append(f"{source}:{value['bind']}:{mode}")
+    else:
+        binds = list(volumes or [])
+    return [
+        *(mountspec.parse_volume(b) for b in binds),
+        *(
+            mountspec.parse_tmpfs(f"{target}:{options}" if options else target)
+            for target, options in (tmpfs or {}).items()
+        ),
+    ]
 
 
 def _as_list(value: str | list[str] | None) -> list[str] | None:
@@ -166,7 +306,10 @@ class ContainerCollection:
         restart_policy: dict[str, Any] | None = None,
         auto_remove: bool = False,
         tty: bool = False,
+        volumes: dict[str, Any] | list[str] | None = None,
+        tmpfs: dict[str, str] | None = None,
     ) -> Container:
+        """docker-py's `create` for the options listed; `volumes`/`tmpfs` as docker-py's."""
         env = (
             [f"{k}={v}" for k, v in environment.items()]
             if isinstance(environment, dict)
@@ -195,6 +338,7 @@ class ContainerCollection:
             network=network_mode,
             resources=resources,
             labels=labels,
+            mount_specs=_mount_specs(volumes, tmpfs),
         )
         policy = restart_policy or {"Name": "no"}
         record = self.client.engine.create(

@@ -23,7 +23,7 @@ DOC = {
         ("{{.Id}}", "abc"),
         ("id: {{.Id}}!", "id: abc!"),
         ("{{.State.Status}}/{{.State.Pid}}/{{.State.Running}}", "running/42/true"),
-        ("{{.Size}}", "3.3554432e+07"),
+        ("{{.Size}}", "33554432"),
         ("{{json .Config.Labels}}", '{"a":"b","k":"v"}'),
         ("{{json .}}", None),
         ('{{index .Config.Labels "k"}}', "v"),

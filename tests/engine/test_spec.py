@@ -28,7 +28,8 @@ def test_docker_defaults() -> None:
     config = build("a" * 64, IMAGE, RunOptions())
     process = config["process"]
     assert process["args"] == ["/entry.sh", "serve", "--port", "80"]
-    assert process["env"] == ["PATH=/opt/bin:/bin", "MODE=prod"]
+    # dockerd's order: PATH (the image's here), HOSTNAME, then the rest of Config.Env
+    assert process["env"] == ["PATH=/opt/bin:/bin", f"HOSTNAME={'a' * 12}", "MODE=prod"]
     assert process["cwd"] == "/srv"
     assert process["user"] == {"uid": 0, "gid": 0}
     from dockyard.runtime.capabilities import CAPABILITIES

@@ -48,6 +48,9 @@ def run(verb: str, args: argparse.Namespace) -> int:
         raise EngineError("You cannot attach to a paused container, unpause it first")
     if status != "running":
         raise EngineError("You cannot attach to a stopped container, start it first")
+    from dockyard.engine import autoremove
+
+    autoremove.hold(container)  # AutoRemove: removed after we read its exit code
     code = attach_container(
         eng,
         container,
@@ -118,10 +121,13 @@ class Link:
 class AttachLink(Link):
     """A container's attach socket: raw output for a tty, else multiplexed."""
 
-    def __init__(self, container_dir: str, tty: bool) -> None:
+    def __init__(
+        self, container_dir: str, tty: bool, outputs: tuple[bool, bool] = (True, True)
+    ) -> None:
         import socket
 
         self.tty = tty
+        self.outputs = outputs  # (stdout, stderr): what `run -a` attached
         self.buf = b""
         self.sock: socket.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         dir_fd = os.open(container_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -143,7 +149,8 @@ class AttachLink(Link):
             return False
         self.received += len(data)
         if self.tty:
-            _write_all(1, data)
+            if self.outputs[0]:
+                _write_all(1, data)
             return True
         self.buf += data
         while len(self.buf) >= 8:
@@ -151,7 +158,8 @@ class AttachLink(Link):
             if len(self.buf) < 8 + size:
                 break
             stream, chunk, self.buf = self.buf[0], self.buf[8 : 8 + size], self.buf[8 + size :]
-            _write_all(2 if stream == 2 else 1, chunk)
+            if self.outputs[stream == 2]:
+                _write_all(2 if stream == 2 else 1, chunk)
         return True
 
     def _frame(self, data: bytes) -> None:
@@ -368,11 +376,13 @@ def attach_container(
     detach_keys: str | None,
     close_stdin: bool,
     sig_proxy: bool = True,
+    outputs: tuple[bool, bool] = (True, True),
 ) -> int | None:
-    """Attach until the container exits (its exit code) or the user detaches (None)."""
+    """Attach until the container exits (its exit code) or the user detaches (None);
+    `outputs`: whether its stdout, stderr are shown."""
     tty = bool(container.config.get("Tty"))
     try:
-        link: Link = AttachLink(container.dir, tty)
+        link: Link = AttachLink(container.dir, tty, outputs)
     except OSError:  # it ended before we came: show what it wrote
         link = _NoLink()
 
@@ -397,8 +407,9 @@ def attach_container(
                 return None
     finally:
         link.close()
-    if not link.received:  # nothing came over the socket: the log has it all
-        for stream, _, text in eng.logs(container.id):
+    logged = (container.config.get("LogConfig") or {}).get("Type") != "none"
+    if not link.received and logged:  # nothing came over the socket: the log has it all
+        for stream, _, text in eng.logs(container.id, stdout=outputs[0], stderr=outputs[1]):
             out = sys.stdout if stream == "stdout" else sys.stderr
             out.write(text)
             out.flush()
@@ -420,18 +431,32 @@ def start_attached(eng: Engine, args: argparse.Namespace) -> int:
         raise UsageError("you cannot start and attach multiple containers at once")
     container = eng.get(args.containers[0])
     interactive = bool(args.interactive and container.config.get("OpenStdin"))
+    from dockyard.engine import autoremove
+
+    autoremove.hold(container)  # AutoRemove: removed after we read its exit code
     eng.start(container.id, attach=True)
     code = attach_container(eng, container, interactive, args.detach_keys, close_stdin=True)
     return 0 if code is None else code
 
 
 def run_attached(eng: Engine, container: Container, args: argparse.Namespace) -> int:
-    """`run -i/-t` without -d, once started: attach; --rm once it exited."""
-    code = attach_container(eng, container, args.interactive, args.detach_keys, close_stdin=True)
+    """`run -i/-t` without -d (or with a log that can't be read), once started: attach;
+    --rm once it exited."""
+    from dockyard.cli.containers import remove_exited
+
+    config = container.config
+    outputs = (bool(config.get("AttachStdout", True)), bool(config.get("AttachStderr", True)))
+    code = attach_container(
+        eng, container, args.interactive, args.detach_keys, close_stdin=True, outputs=outputs
+    )
     if code is None:  # detached: it runs on
+        if args.rm:
+            from dockyard.engine import autoremove
+
+            autoremove.release(container)  # its remover takes it from here
         return 0
     if args.rm:
-        eng.remove(container.id, force=True, volumes=True)
+        remove_exited(eng, container)
     return code
 
 

@@ -253,7 +253,12 @@ def _run_container(args: argparse.Namespace) -> int:
     eng = engine(args)
     eng.warm_monitor(early)
     container = _create_container(args, eng)
-    attached = not args.detach and (args.interactive or args.tty)
+    no_log = (container.config.get("LogConfig") or {}).get("Type") == "none"
+    attached = not args.detach and (args.interactive or args.tty or no_log)
+    if args.rm and not args.detach:  # its monitor's remover waits: the exit code is ours
+        from dockyard.engine import autoremove
+
+        autoremove.hold(container)
     try:
         eng.start(container.id, attach=attached)
     except BaseException:
@@ -262,19 +267,32 @@ def _run_container(args: argparse.Namespace) -> int:
     if args.detach:
         print(container.id)
         return 0
-    if attached:  # a terminal and/or stdin: through the attach socket
+    if attached:  # a terminal and/or stdin (or no log to read): through the attach socket
         from dockyard.cli.attach import run_attached
 
         return run_attached(eng, container, args)
-    # A short poll: the output shows up promptly and `run` returns as soon as it exits.
-    for stream, _, text in eng.logs(container.id, follow=True, poll_interval=0.005):
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        out.write(text)
-        out.flush()
+    streams = {"stdout": container.config.get("AttachStdout", True)}
+    streams["stderr"] = container.config.get("AttachStderr", True)
+    if any(streams.values()):  # (-a stdin alone shows nothing)
+        # A short poll: the output shows up promptly and `run` returns as soon as it exits.
+        for stream, _, text in eng.logs(container.id, follow=True, poll_interval=0.005, **streams):
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            out.write(text)
+            out.flush()
     code = eng.wait(container.id)
     if args.rm:
-        eng.remove(container.id, force=True, volumes=True)
+        remove_exited(eng, container)
     return code
+
+
+def remove_exited(eng: Engine, container: Container) -> None:
+    """`run --rm` once the container exited: remove it, unless its remover was first."""
+    from dockyard.engine.containers import ContainerNotFound
+
+    try:
+        eng.remove(container.id, force=True, volumes=True)
+    except ContainerNotFound:
+        pass
 
 
 def _each(args: argparse.Namespace, action: str) -> int:
@@ -287,7 +305,13 @@ def _each(args: argparse.Namespace, action: str) -> int:
         if action == "start":
             eng.start(name)
         elif action == "stop":
-            eng.stop(name, timeout=args.time)
+            container = eng.get(name)
+            running = container.status() in ("running", "restarting", "paused")
+            eng.stop(container.id, timeout=args.time)
+            if running and container.config.get("AutoRemove"):
+                from dockyard.engine import autoremove
+
+                autoremove.wait_removed(eng, container)  # gone when stop returns
         elif action == "kill":
             from dockyard.runtime.cli import parse_signal
 

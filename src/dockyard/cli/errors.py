@@ -20,6 +20,7 @@ def describe(err: Exception) -> str | None:
     from dockyard.image.store import ImageError
     from dockyard.runtime.errors import RuntimeFailure
     from dockyard.storage.content import ContentError
+    from dockyard.storage.leases import LeaseError
 
     user_errors = (
         UsageError,
@@ -30,6 +31,7 @@ def describe(err: Exception) -> str | None:
         ImageError,
         SpecError,
         ContentError,
+        LeaseError,
     )
     if isinstance(err, user_errors):
         return str(err)

@@ -1,9 +1,10 @@
 """A small evaluator for the Go text/template subset Docker's `--format`/`-f` use.
 
 Pure: `render(text, data)` over plain JSON-like data (dicts, lists, str, int,
-float, bool, None), printing values as Go prints the `interface{}` values that
-`docker inspect` decodes from JSON (numbers are float64: 33554432 prints as
-3.3554432e+07, maps as `map[k:v]`, lists as `[a b]`, null as `<nil>`).
+float, bool, None), printing values as Go prints what docker's templates see:
+the Engine API's typed fields, or JSON decoded with UseNumber. So integers print
+as integers (67108864), floats as Go's %v of a float64 (0.5, 1e+06), maps as
+`map[k:v]`, lists as `[a b]`, null as `<nil>`.
 
 Supported: plain text; `{{.A.B}}`, `{{.}}`, `{{- … -}}` trimming; pipelines with
 `|`; literals ("…", `…`, numbers, true/false/nil); parentheses; functions json,
@@ -249,8 +250,10 @@ def go_print(value: Any) -> str:
         return "<nil>"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return go_float(float(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return go_float(value)
     if isinstance(value, str):
         return value
     if isinstance(value, dict):

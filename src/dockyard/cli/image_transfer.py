@@ -31,7 +31,7 @@ IMAGE_SUBCOMMANDS: dict[str, str] = {
     "save": "save",
     "load": "load",
     "history": "history",
-    "inspect": "inspect",  # cli/inspect.py: containers first, then images (as Docker's inspect)
+    "inspect": "inspect",  # cli/inspect.py with --type image: images only, as Docker's
     "prune": "",
 }
 
@@ -242,7 +242,9 @@ def _image(args: argparse.Namespace) -> int:
         from dockyard.cli.main import _dispatch
 
         root = ["--root", args.root] if args.root else []
-        return _dispatch([*root, target, *args.image_args])
+        # `image inspect NAME` never means a container, even one named NAME
+        extra = ["--type", "image"] if args.subcommand == "inspect" else []
+        return _dispatch([*root, target, *extra, *args.image_args])
     return _prune(args)
 
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     if verb == "inspect":
         p.add_argument("-f", "--format", help="Go-template-style format, e.g. {{.State.Status}}")
-        p.add_argument("--type", choices=("container", "image"))
+        p.add_argument("--type", choices=("container", "image", "volume"))
         p.add_argument("-s", "--size", action="store_true", help="accepted; sizes come later")
         p.add_argument("names", nargs="+", metavar="NAME")
     elif verb == "rename":

@@ -33,6 +33,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--health-retries", type=int)
     p.add_argument("--health-start-period")
     p.add_argument("--no-healthcheck", action="store_true")
+    p.add_argument("--log-driver")
+    p.add_argument("--log-opt", action="append", default=[])
+    p.add_argument("-a", "--attach", action="append", default=[])
 
 
 def extend(opts: RunOptions, args: argparse.Namespace) -> ExtraRunOptions:
@@ -118,4 +121,37 @@ def extend(opts: RunOptions, args: argparse.Namespace) -> ExtraRunOptions:
         args.health_start_period,
         args.no_healthcheck,
     )
+    extra.log_config = log_config(args)
+    extra.attach = attach_streams(args)
     return extra
+
+
+def log_config(args: argparse.Namespace) -> dict[str, object]:
+    """--log-driver and --log-opt KEY=VALUE as HostConfig.LogConfig, checked."""
+    from dockyard.engine.logs import LogConfigError
+    from dockyard.engine.logs import log_config as checked
+
+    opts = dict(opt.partition("=")[::2] for opt in args.log_opt)
+    try:
+        return checked(args.log_driver, opts)
+    except LogConfigError as err:
+        raise UsageError(str(err)) from None
+
+
+def attach_streams(args: argparse.Namespace) -> tuple[bool, bool, bool]:
+    """(stdin, stdout, stderr) `run`/`create` attach to, as Docker's -a/-i/-d decide."""
+    wanted = set()
+    for name in args.attach:
+        if name.lower() not in ("stdin", "stdout", "stderr"):
+            raise UsageError(
+                f'invalid argument "{name}" for "-a, --attach" flag: '
+                "valid streams are STDIN, STDOUT and STDERR"
+            )
+        wanted.add(name.lower())
+    if getattr(args, "detach", False):
+        if wanted:
+            raise UsageError("conflicting options: cannot specify both --attach and --detach")
+        return False, False, False
+    if not wanted:
+        wanted = {"stdout", "stderr"}
+    return "stdin" in wanted or args.interactive, "stdout" in wanted, "stderr" in wanted

@@ -2,8 +2,8 @@
 
 Every check reads what is on disk and in the DB; nothing is trusted from a
 previous run. `repair` only removes what no record needs (temp files, orphan
-directories, stale mounts and runtime state) and never deletes a blob or a
-snapshot an image or container still names.
+directories, stale mounts and runtime state, leases of dead ingests) and never
+deletes a blob or a snapshot an image or container still names.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class Finding:
 def check(engine: Engine, repair: bool = False) -> list[Finding]:
     findings: list[Finding] = []
     findings += _database(engine)
+    findings += _leases(engine, repair)
     findings += _blobs(engine, repair)
     findings += _images(engine)
     findings += _snapshots(engine, repair)
@@ -64,6 +65,18 @@ def check(engine: Engine, repair: bool = False) -> list[Finding]:
 def _database(engine: Engine) -> list[Finding]:
     result = engine.conn.execute("PRAGMA integrity_check").fetchone()[0]
     return [] if result == "ok" else [Finding("database", f"integrity check: {result}")]
+
+
+def _leases(engine: Engine, repair: bool) -> list[Finding]:
+    """Leases of ingests that died (or expired): they would keep garbage forever."""
+    leases = engine.images.leases
+    stale = leases.stale()
+    if repair and stale:
+        leases.drop(info.id for info, _ in stale)
+    return [
+        Finding("leases", f"{info.id[:12]} (pid {info.pid}): {reason}", repaired=repair)
+        for info, reason in stale
+    ]
 
 
 def _blobs(engine: Engine, repair: bool) -> list[Finding]:

@@ -102,37 +102,43 @@ def commit(
             base[key] = container.config[key]
     container_config = apply_changes(base, list(changes or []))
     upper, lowers, _ = layer_dirs(engine, container)
-    with _frozen(engine, container, pause), engine.images.content.writer() as writer:
-        diff_id = diff_layer(upper, writer, lowers=lowers)  # type: ignore[arg-type]
-        size = writer.offset
-        digest = writer.commit()
-    if digest != diff_id:
-        from dockyard.image.store import ImageError
+    from dockyard.storage.leases import CONTENT
 
-        raise ImageError(f"layer digest {digest} differs from its diff_id {diff_id}")
-    import json
+    # The lease keeps the new layer from a concurrent collection until the image holds it.
+    with engine.images.leases.create() as lease:
+        with _frozen(engine, container, pause), engine.images.content.writer() as writer:
+            diff_id = diff_layer(upper, writer, lowers=lowers)  # type: ignore[arg-type]
+            size = writer.offset
+            with lease.guard():
+                digest = writer.commit()
+                lease.add(CONTENT, digest)
+        if digest != diff_id:
+            from dockyard.image.store import ImageError
 
-    manifest = json.loads(engine.images.content.read(parent.manifest_digest))
-    layers: list[dict[str, Any]] = list(manifest.get("layers") or [])
-    layers.append(spec.descriptor(spec.MEDIA_LAYER, digest, size))
-    now = spec.rfc3339(time.time())
-    config: dict[str, Any] = json.loads(json.dumps(parent.config))
-    config["created"] = now
-    config["config"] = container_config
-    config["container"] = container.id
-    if author:
-        config["author"] = author
-    else:
-        config.pop("author", None)
-    config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
-    config["rootfs"]["diff_ids"] = [*parent.diff_ids, diff_id]
-    entry: dict[str, Any] = {"created": now, "created_by": " ".join(container.command)}
-    if author:
-        entry["author"] = author
-    if message:
-        entry["comment"] = message
-    config["history"] = [*(config.get("history") or []), entry]
-    return engine.images.add_image(config, layers, [ref] if ref else [])
+            raise ImageError(f"layer digest {digest} differs from its diff_id {diff_id}")
+        import json
+
+        manifest = json.loads(engine.images.content.read(parent.manifest_digest))
+        layers: list[dict[str, Any]] = list(manifest.get("layers") or [])
+        layers.append(spec.descriptor(spec.MEDIA_LAYER, digest, size))
+        now = spec.rfc3339(time.time())
+        config: dict[str, Any] = json.loads(json.dumps(parent.config))
+        config["created"] = now
+        config["config"] = container_config
+        config["container"] = container.id
+        if author:
+            config["author"] = author
+        else:
+            config.pop("author", None)
+        config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+        config["rootfs"]["diff_ids"] = [*parent.diff_ids, diff_id]
+        entry: dict[str, Any] = {"created": now, "created_by": " ".join(container.command)}
+        if author:
+            entry["author"] = author
+        if message:
+            entry["comment"] = message
+        config["history"] = [*(config.get("history") or []), entry]
+        return engine.images.add_image(config, layers, [ref] if ref else [], lease=lease)
 
 
 # ---------------------------------------------------------------------------- export
@@ -212,10 +218,14 @@ class TreeWalker:
 
         return tar_header(name, st, xattrs)
 
+    def entries(self, dir_fd: int, rel: str) -> list[str]:
+        """The names `directory` tars, sorted (a subclass may hide some)."""
+        return sorted(os.listdir(dir_fd))
+
     def directory(self, dir_fd: int, rel: str) -> None:
         import tarfile
 
-        for entry in sorted(os.listdir(dir_fd)):
+        for entry in self.entries(dir_fd, rel):
             name = f"{rel}/{entry}" if rel else entry
             try:
                 st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)

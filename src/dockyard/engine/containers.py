@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
+    from dockyard.engine.monitor_server import MonitorServer
     from dockyard.engine.monitor_start import MonitorStarter
     from dockyard.image.store import ImageStore
 
@@ -222,9 +223,11 @@ class Engine:
         self.images: ImageStore = ImageStore(self.root)
         self.conn = self.images.conn
         self.runtime_root = os.path.join(self.root, "runtime")
-        # A monitor booted ahead (warm_monitor); keep_warm: boot the next after each start.
+        # A monitor booted ahead of the next start (warm_monitor).
         self._spare: MonitorStarter | None = None
+        # keep_warm (the Python API): starts go through one MonitorServer.
         self.keep_warm = False
+        self._server: MonitorServer | None = None
 
     # ---------------------------------------------------------------- lookup
 
@@ -271,15 +274,18 @@ class Engine:
         image = self.images.get(image_name)
         container_id = db.new_id()
         wanted = check_name(name) if name else None
-        top = self.images.unpack(image)
-        self._resolve_user(image.config.get("config") or {}, opts, top)
-        plan = MountPlan(VolumeStore(self.root, self.conn), image.config, opts)
-        config = spec.build(container_id, image.config, plan.options, rootfs="rootfs")
-        from dockyard.engine import hostconfig
+        # The lease keeps the layers from a concurrent collection until the container's
+        # own snapshot stands on them.
+        with self.images.leases.create() as lease:
+            top = self.images.unpack(image, lease)
+            self._resolve_user(image.config.get("config") or {}, opts, top)
+            plan = MountPlan(VolumeStore(self.root, self.conn), image.config, opts)
+            config = spec.build(container_id, image.config, plan.options, rootfs="rootfs")
+            from dockyard.engine import hostconfig
 
-        extras = hostconfig.finish(config, plan.options, image.config)
-        directory = os.path.join(self.root, "containers", container_id)
-        self.images.snapshots.prepare(f"container-{container_id}", top)
+            extras = hostconfig.finish(config, plan.options, image.config)
+            directory = os.path.join(self.root, "containers", container_id)
+            self.images.snapshots.prepare(f"container-{container_id}", top)
         try:
             os.makedirs(os.path.join(directory, "rootfs"), 0o711)
             from dockyard.runtime.state import write_atomic
@@ -289,7 +295,7 @@ class Engine:
                 "Image": image_name,
                 "ImageID": image.id,
                 "Args": config["process"]["args"],
-                "Env": config["process"]["env"],
+                "Env": spec.config_env(image.config.get("config") or {}, plan.options),
                 # What the container was told to run, split as Docker keeps it (commit, inspect).
                 **_command_parts(image.config.get("config") or {}, opts),
                 "Tty": opts.tty,
@@ -401,6 +407,7 @@ class Engine:
             os.close(lock)
 
     def _start_locked(self, container: Container, attach: bool) -> Container:
+        from dockyard.engine.logs import monitor_options
         from dockyard.engine.monitor_start import MonitorSpec, spawn_monitor
 
         if container.status() in ("running", "restarting", "paused"):
@@ -423,17 +430,28 @@ class Engine:
             interactive=bool(container.config.get("OpenStdin")),
             tty=bool(container.config.get("Tty")),
             replay=attach,
+            auto_remove=bool(container.config.get("AutoRemove")),
+            state_root=self.root,
+            **monitor_options(container.config.get("LogConfig"), container.log_path),
         )
         starter, self._spare = self._spare, None
         try:
-            spawn_monitor(spec, starter=starter)
+            if self.keep_warm and starter is None:
+                self._monitor_server().launch(spec)
+            else:
+                spawn_monitor(spec, starter=starter)
         except BaseException:
             self._unmount_rootfs(container)
             raise
-        finally:
-            if self.keep_warm:
-                self.warm_monitor()
         return container
+
+    def _monitor_server(self) -> MonitorServer:
+        """keep_warm: one booted process forks every start's monitor."""
+        if self._server is None or self._server.request_fd < 0:
+            from dockyard.engine.monitor_server import MonitorServer
+
+            self._server = MonitorServer()
+        return self._server
 
     def warm_monitor(self, starter: MonitorStarter | None = None) -> None:
         """Start the next `start`'s monitor now (or use `starter`, started earlier):
@@ -448,10 +466,13 @@ class Engine:
             starter.close()
 
     def close(self) -> None:
-        """Let a warm monitor go; the engine stays usable."""
+        """Let a warm monitor (or monitor server) go; the engine stays usable."""
         starter, self._spare = self._spare, None
         if starter is not None:
             starter.close()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
 
     def _unmount_rootfs(self, container: Container) -> None:
         from dockyard.storage.snapshots import unmount
@@ -520,13 +541,21 @@ class Engine:
         return not container.monitor_pid() and not container._init_alive()
 
     def wait(self, name: str, timeout: float | None = None) -> int:
+        from dockyard.engine import autoremove
+
         container = self.get(name)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while container.status() in ("running", "restarting", "paused"):
-            if deadline is not None and time.monotonic() > deadline:
-                raise EngineError(f"container {name} did not exit within {timeout:g}s")
-            _wait_gone(container.monitor_pid(), 0.05)
-        return container.exit_code
+        # AutoRemove: its remover waits for us, so the exit code is still there to read.
+        held = bool(container.config.get("AutoRemove")) and autoremove.hold(container)
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while container.status() in ("running", "restarting", "paused"):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise EngineError(f"container {name} did not exit within {timeout:g}s")
+                _wait_gone(container.monitor_pid(), 0.05)
+            return container.exit_code
+        finally:
+            if held:
+                autoremove.release(container)
 
     def remove(self, name: str, force: bool = False, volumes: bool = False) -> str:
         """`rm`; `volumes` (rm -v) also removes the container's anonymous volumes."""
@@ -538,6 +567,17 @@ class Engine:
                     "Stop the container before attempting removal or force remove"
                 )
             self.stop(container.id, timeout=0)
+        from dockyard.engine import autoremove
+
+        lock = autoremove.lock_for_removal(self, container)  # one removal at a time
+        try:
+            self._remove_stopped(container, volumes)
+        finally:
+            if lock >= 0:
+                os.close(lock)
+        return container.id
+
+    def _remove_stopped(self, container: Container, volumes: bool) -> None:
         self._unmount_rootfs(container)
         from dockyard.runtime import container as runtime
         from dockyard.runtime.state import StateRoot
@@ -551,12 +591,13 @@ class Engine:
             conn.execute("DELETE FROM containers WHERE id = ?", (container.id,))
         self._discard(container.id)
         purge(trash)
-        return container.id
 
     def logs(self, name: str, **kwargs: Any) -> Iterator[tuple[str, str, str]]:
         from dockyard.engine.logs import read_logs
 
         container = self.get(name)
+        if (container.config.get("LogConfig") or {}).get("Type") == "none":
+            raise EngineError("configured logging driver does not support reading")
         if kwargs.get("follow"):
             kwargs.setdefault("stop", lambda: not container.monitor_pid())
         return read_logs(container.log_path, **kwargs)

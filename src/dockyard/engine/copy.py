@@ -11,6 +11,12 @@ directory fd, and a symlink is resolved in scope (`/` is the container root,
 any link (`commit.TreeWalker`); what is written is unpacked by `layers.apply_layer`,
 which never writes outside its target directory.
 
+Volumes and bind mounts are part of that view (`copy_view.View`): a path under
+a mount destination is reached in the mount's source on the host, resolved in
+the same scoped way, and a directory copied out carries the mounts below it.
+Writing into a read-only mount, or outside any mount of a read-only rootfs, is
+refused with Docker's messages.
+
 Ownership: without `archive` (-a), copied files belong to root (uid 0) at the
 destination; with it, uid/gid come from the source.
 """
@@ -25,14 +31,15 @@ from dockyard.engine.containers import EngineError
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
+    import tarfile
     from collections.abc import Callable, Iterator
     from typing import BinaryIO
 
+    from dockyard.engine.commit import TreeWalker
     from dockyard.engine.containers import Container, Engine
-    from dockyard.image.layers import _Root
+    from dockyard.engine.copy_view import View
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_LINKS = 255
 
 
 class CopyError(EngineError):
@@ -76,6 +83,22 @@ def _container_root(engine: Engine, container: Container, writable: bool) -> Ite
         os.rmdir(target)
 
 
+@contextlib.contextmanager
+def _view(engine: Engine, container: Container, writable: bool) -> Iterator[View]:
+    """The container's merged view with its volumes and bind mounts over it."""
+    from dockyard.engine.copy_view import View, ViewError, container_mounts
+
+    mounts = container_mounts(engine, container)
+    with _container_root(engine, container, writable) as top:
+        view = View(top, mounts)
+        try:
+            yield view
+        except ViewError as exc:
+            raise CopyError(str(exc)) from None
+        finally:
+            view.close()
+
+
 # ---------------------------------------------------------------------------- resolving
 
 
@@ -83,70 +106,13 @@ def _real(parts: list[str]) -> list[str]:
     return [p for p in parts if p not in ("", ".")]
 
 
-def resolve(root: _Root, path: str, follow_last: bool) -> list[str] | None:
-    """The canonical components of `path` in root, symlinks resolved in scope.
+def _resolve(view: View, path: str, follow_last: bool) -> list[str] | None:
+    from dockyard.engine.copy_view import ViewError
 
-    The last component may be missing (the caller checks), or a symlink when not
-    `follow_last`. None when a parent is missing or not a directory.
-    """
-    todo = list(reversed(path.split("/")))
-    names: list[str] = []
-    links = 0
-    while todo:
-        comp = todo.pop()
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if names:
-                names.pop()
-            continue
-        last = not _real(todo)
-        opened = root.walk(names, path, create=False, follow=False)
-        if opened is None:
-            return None  # changed meanwhile
-        fd = opened[0]
-        try:
-            try:
-                st = os.lstat(comp, dir_fd=fd)
-            except FileNotFoundError:
-                if last:
-                    names.append(comp)
-                    return names
-                return None
-            if stat.S_ISLNK(st.st_mode) and (follow_last or not last):
-                links += 1
-                if links > _MAX_LINKS:
-                    raise CopyError(f"{path}: too many levels of symbolic links")
-                dest = os.readlink(comp, dir_fd=fd)
-                if dest.startswith("/"):
-                    names.clear()
-                todo.extend(reversed(dest.split("/")))
-                continue
-            if not last and not stat.S_ISDIR(st.st_mode):
-                return None
-            names.append(comp)
-        finally:
-            os.close(fd)
-    return names
-
-
-def _lstat_at(root: _Root, names: list[str]) -> os.stat_result | None:
-    if not names:
-        return os.fstat(root.fd)
-    opened = root.walk(names[:-1], "", create=False, follow=False)
-    if opened is None:
-        return None
     try:
-        return os.lstat(names[-1], dir_fd=opened[0])
-    except FileNotFoundError:
-        return None
-    finally:
-        os.close(opened[0])
-
-
-def _open_dir(root: _Root, names: list[str]) -> int | None:
-    opened = root.walk(names, "", create=False, follow=False)
-    return None if opened is None else opened[0]
+        return view.resolve(path, follow_last)
+    except ViewError as exc:
+        raise CopyError(str(exc)) from None
 
 
 def _contents_only(path: str) -> bool:
@@ -162,7 +128,13 @@ def _base(path: str) -> str:
 # ---------------------------------------------------------------------------- tarring
 
 
-def write_entry(out: BinaryIO, parent_fd: int, leaf: str, name: str) -> None:
+def write_entry(
+    out: BinaryIO,
+    parent_fd: int,
+    leaf: str,
+    name: str,
+    make_walker: Callable[[tarfile.TarFile], TreeWalker] | None = None,
+) -> None:
     """Tar `leaf` of `parent_fd` (recursively, never following a link) as `name`.
 
     `leaf` "" is the directory `parent_fd` itself; `name` "" tars only its contents.
@@ -175,7 +147,7 @@ def write_entry(out: BinaryIO, parent_fd: int, leaf: str, name: str) -> None:
     with tarfile.open(
         fileobj=_io(out), mode="w|", format=tarfile.PAX_FORMAT, errors="surrogateescape"
     ) as tar:
-        walker = TreeWalker(tar)
+        walker = make_walker(tar) if make_walker else TreeWalker(tar)
         st = os.fstat(parent_fd) if not leaf else os.lstat(leaf, dir_fd=parent_fd)
         if stat.S_ISDIR(st.st_mode):
             fd = os.dup(parent_fd) if not leaf else os.open(leaf, _DIR_FLAGS, dir_fd=parent_fd)
@@ -240,58 +212,51 @@ def _extract(stream: BinaryIO, dir_fd: int, same_owner: bool) -> None:
 
 
 @contextlib.contextmanager
-def _source(
-    engine: Engine, name: str, path: str, follow: bool
-) -> Iterator[tuple[_Root, list[str]]]:
-    """(container root, canonical names) of an existing source path."""
-    from dockyard.image.layers import _Root
-
+def _source(engine: Engine, name: str, path: str, follow: bool) -> Iterator[tuple[View, list[str]]]:
+    """(the container's view, canonical names) of an existing source path."""
     container = engine.get(name)
     if not path.startswith("/"):
         path = "/" + path
-    with _container_root(engine, container, writable=False) as top:
-        root = _Root(top)
-        try:
-            names = resolve(root, path, follow_last=follow)
-            if names is None or _lstat_at(root, names) is None:
-                raise not_found(path, container)
-            yield root, names
-        finally:
-            root.close()
+    with _view(engine, container, writable=False) as view:
+        names = _resolve(view, path, follow_last=follow)
+        if names is None or view.lstat(names) is None:
+            raise not_found(path, container)
+        yield view, names
 
 
-def _tar_names(root: _Root, names: list[str], out: BinaryIO, rebase: str) -> None:
-    parent = _open_dir(root, names[:-1]) if names else os.dup(root.fd)
-    if parent is None:
+def _tar_names(view: View, names: list[str], out: BinaryIO, rebase: str) -> None:
+    found = view.parent_and_leaf(names)
+    if found is None:
         raise CopyError("the source changed while it was copied")
+    parent, leaf = found
     try:
-        write_entry(out, parent, names[-1] if names else "", rebase)
+        write_entry(out, parent, leaf, rebase, lambda tar: view.walker(tar, names, rebase))
     finally:
         os.close(parent)
 
 
 def copy_out_stream(engine: Engine, name: str, path: str, out: BinaryIO, follow: bool) -> None:
     """`cp CONTAINER:SRC -`: a tar of SRC, its entries named after SRC's base name."""
-    with _source(engine, name, path, follow) as (root, names):
-        st = _lstat_at(root, names)
+    with _source(engine, name, path, follow) as (view, names):
+        st = view.lstat(names)
         src_dir = st is not None and stat.S_ISDIR(st.st_mode)
         rebase = "." if src_dir and _contents_only(path) else _base(path)
-        _tar_names(root, names, out, rebase)
+        _tar_names(view, names, out, rebase)
 
 
 def copy_out(
     engine: Engine, name: str, path: str, dest: str, *, follow: bool, archive: bool
 ) -> None:
     """`cp CONTAINER:SRC DEST`: Docker's rules for a file or directory to a host path."""
-    with _source(engine, name, path, follow) as (root, names):
-        st = _lstat_at(root, names)
+    with _source(engine, name, path, follow) as (view, names):
+        st = view.lstat(names)
         assert st is not None
         src_dir = stat.S_ISDIR(st.st_mode)
         target, rebase = host_destination(dest, src_dir, _contents_only(path), _base(path))
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             _piped(
-                lambda sink: _tar_names(root, names, sink, rebase),
+                lambda sink: _tar_names(view, names, sink, rebase),
                 lambda source: _extract(source, fd, archive),
             )
         finally:
@@ -325,23 +290,29 @@ def host_destination(dest: str, src_dir: bool, contents: bool, base: str) -> tup
 @contextlib.contextmanager
 def _destination(
     engine: Engine, name: str, path: str
-) -> Iterator[tuple[Container, _Root, list[str], os.stat_result | None]]:
-    from dockyard.image.layers import _Root
-
+) -> Iterator[tuple[Container, View, list[str], os.stat_result | None]]:
     container = engine.get(name)
     if not path.startswith("/"):
         path = "/" + path
-    if _read_only_rootfs(container):
-        raise CopyError("container rootfs is marked read-only")
-    with _container_root(engine, container, writable=True) as top:
-        root = _Root(top)
-        try:
-            names = resolve(root, path, follow_last=True)
-            if names is None:  # a parent is missing: Docker names the directory
-                raise not_found(os.path.dirname(path.rstrip("/")) or "/", container)
-            yield container, root, names, _lstat_at(root, names)
-        finally:
-            root.close()
+    with _view(engine, container, writable=True) as view:
+        names = _resolve(view, path, follow_last=True)
+        if names is None:  # a parent is missing: Docker names the directory
+            raise not_found(os.path.dirname(path.rstrip("/")) or "/", container)
+        yield container, view, names, view.lstat(names)
+
+
+def _check_writable(container: Container, view: View, names: list[str]) -> None:
+    """Docker's rule: into a mount only when it is read-write, elsewhere only when the
+    rootfs is; a file bind-mounted from the host can't be replaced."""
+    mount, _ = view.covering(names)
+    if mount is None:
+        if _read_only_rootfs(container):
+            raise CopyError("container rootfs is marked read-only")
+        return
+    if not mount.rw:
+        raise CopyError("mounted volume is marked read-only")
+    if mount.file:
+        raise CopyError(f"{mount.path} is a file bind-mounted from the host: cp can't replace it")
 
 
 def _read_only_rootfs(container: Container) -> bool:
@@ -356,12 +327,13 @@ def _read_only_rootfs(container: Container) -> bool:
 
 def copy_in_stream(engine: Engine, name: str, path: str, data: BinaryIO, archive: bool) -> None:
     """`cp - CONTAINER:DEST`: a tar on stdin unpacked into the directory DEST."""
-    with _destination(engine, name, path) as (container, root, names, st):
+    with _destination(engine, name, path) as (container, view, names, st):
         if st is None:
             raise not_found(path, container)
         if not stat.S_ISDIR(st.st_mode):
             raise CopyError(f'destination "{name}:{path}" must be a directory', daemon=False)
-        fd = _open_dir(root, names)
+        _check_writable(container, view, names)
+        fd = view.open_dir(names)
         if fd is None:
             raise not_found(path, container)
         try:
@@ -382,7 +354,7 @@ def copy_in(engine: Engine, src: str, name: str, path: str, *, follow: bool, arc
     src_dir = stat.S_ISDIR(src_st.st_mode)
     contents = _contents_only(src)
     base = _base(src)
-    with _destination(engine, name, path) as (container, root, names, st):
+    with _destination(engine, name, path) as (container, view, names, st):
         if st is not None and stat.S_ISDIR(st.st_mode):
             target, rebase = names, "" if (src_dir and contents) else base
         elif st is not None:
@@ -395,12 +367,15 @@ def copy_in(engine: Engine, src: str, name: str, path: str, *, follow: bool, arc
                     f'invalid destination: directory "{name}:{path}" does not exist',
                     daemon=False,
                 )
-            parent = _lstat_at(root, names[:-1])
+            parent = view.lstat(names[:-1])
             if parent is None or not stat.S_ISDIR(parent.st_mode):
                 missing = "/" + "/".join(names[:-1])
                 raise not_found(missing, container)
             target, rebase = names[:-1], names[-1]
-        fd = _open_dir(root, target)
+        if src_dir and rebase and view.mount_at([*target, rebase]):
+            target, rebase = [*target, rebase], ""  # a directory onto a mount point: into it
+        _check_writable(container, view, [*target, rebase] if rebase else target)
+        fd = view.open_dir(target)
         if fd is None:
             raise not_found(path, container)
         try:

@@ -4,7 +4,7 @@
 `--stop-signal`, `--stop-timeout` and the health check flags: parsed and
 checked here (one clear line per bad value), then applied to the config.json
 that `spec.build` made (`finish`), which also returns what the container's
-record keeps (StopSignal, StopTimeout, Healthcheck, Init).
+record keeps (StopSignal, StopTimeout, Healthcheck, Init, LogConfig, Attach*).
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class ExtraRunOptions(RunOptions):
     stop_signal: str | None
     stop_timeout: int | None
     healthcheck: dict[str, Any] | None
+    log_config: dict[str, Any] | None  # HostConfig.LogConfig: {"Type": …, "Config": {…}}
+    attach: tuple[bool, bool, bool] | None  # Config.AttachStdin/Stdout/Stderr
 
     @classmethod
     def extend(cls, opts: RunOptions) -> ExtraRunOptions:
@@ -89,6 +91,8 @@ class ExtraRunOptions(RunOptions):
         new.stop_signal = None
         new.stop_timeout = None
         new.healthcheck = None
+        new.log_config = None
+        new.attach = None
         return new
 
 
@@ -355,6 +359,17 @@ def finish(
     health = merge_healthcheck(image.get("Healthcheck"), extra.healthcheck)
     if health:
         record["Healthcheck"] = health
+    if extra.log_config is not None:
+        from dockyard.engine.logs import LogConfigError, log_config
+
+        try:
+            record["LogConfig"] = log_config(
+                extra.log_config.get("Type"), extra.log_config.get("Config")
+            )
+        except LogConfigError as err:
+            raise OptionError(str(err)) from None
+    if extra.attach is not None:
+        record["AttachStdin"], record["AttachStdout"], record["AttachStderr"] = extra.attach
     return record
 
 

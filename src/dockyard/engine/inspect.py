@@ -30,9 +30,10 @@ class NotFound(EngineError):
 
 
 def find(engine: Engine, name: str, kind: str | None = None) -> tuple[str, dict[str, Any]]:
-    """("container" | "image", document) for a name; containers first, as Docker does."""
+    """("container" | "image" | "volume", document) for a name: with no `kind`, the
+    first of container, image, volume that has it, as Docker's `inspect` tries them."""
     from dockyard.image.reference import ReferenceError
-    from dockyard.image.store import ImageError, ImageNotFound
+    from dockyard.image.store import ImageNotFound
 
     if kind in (None, "container"):
         try:
@@ -40,13 +41,20 @@ def find(engine: Engine, name: str, kind: str | None = None) -> tuple[str, dict[
         except ContainerNotFound:
             if kind == "container":
                 raise
-    try:
-        return "image", image_document(engine.images.get(name))
-    except (ImageNotFound, ReferenceError):
-        if kind == "image":
-            raise ImageNotFound(name) from None
-    except ImageError:
-        raise
+    if kind in (None, "image"):
+        try:
+            return "image", image_document(engine.images.get(name))
+        except (ImageNotFound, ReferenceError):
+            if kind == "image":
+                raise ImageNotFound(name) from None
+    if kind in (None, "volume"):
+        from dockyard.engine.volumes import VolumeStore
+
+        volume = VolumeStore(engine.root, engine.conn).find(name)
+        if volume is not None:
+            return "volume", volume.inspect()
+        if kind == "volume":
+            raise EngineError(f"No such volume: {name}")
     raise NotFound(name)
 
 
@@ -94,7 +102,10 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
         image_config = engine.images.get(container.image_id).config.get("config") or {}
     except Exception:  # the image may be gone (rmi -f); the record still says enough
         image_config = {}
-    entrypoint, cmd = _split_command(image_config, args)
+    if "Cmd" in record or "Entrypoint" in record:  # what create was given, after overrides
+        entrypoint, cmd = record.get("Entrypoint") or None, record.get("Cmd") or None
+    else:  # a record from before create kept them: split the args as Docker would
+        entrypoint, cmd = _split_command(image_config, args)
     caps = set((process.get("capabilities") or {}).get("bounding") or [])
     memory = (resources.get("memory") or {}).get("limit") or 0
     cpu = resources.get("cpu") or {}
@@ -128,6 +139,7 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
     health = read_state(container.dir)
     if health is not None:
         state["Health"] = health
+    log_config = record.get("LogConfig") or {"Type": "json-file", "Config": {}}
     return {
         "Id": container.id,
         "Created": container.created,
@@ -138,7 +150,7 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
         "ResolvConfPath": "",
         "HostnamePath": "",
         "HostsPath": "",
-        "LogPath": container.log_path,
+        "LogPath": "" if log_config["Type"] == "none" else container.log_path,
         "Name": "/" + container.name,
         "RestartCount": int(monitor.get("restart_count") or exit_info.get("restart_count") or 0),
         "Driver": "overlay2",
@@ -149,7 +161,7 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
         "ExecIDs": None,
         "HostConfig": {
             "Binds": None,
-            "LogConfig": {"Type": "json-file", "Config": {}},
+            "LogConfig": log_config,
             "NetworkMode": "host" if "network" not in namespaces else "none",
             "PortBindings": {},
             "RestartPolicy": {
@@ -182,9 +194,9 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
             "Hostname": record.get("Hostname") or bundle.get("hostname") or "",
             "Domainname": "",
             "User": _user(process),
-            "AttachStdin": False,
-            "AttachStdout": False,
-            "AttachStderr": False,
+            "AttachStdin": bool(record.get("AttachStdin")),
+            "AttachStdout": bool(record.get("AttachStdout")),
+            "AttachStderr": bool(record.get("AttachStderr")),
             "Tty": bool(record.get("Tty")),
             "OpenStdin": bool(record.get("OpenStdin")),
             "StdinOnce": False,

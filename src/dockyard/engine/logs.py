@@ -24,7 +24,7 @@ import time
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
 MAX_LINE = 16 * 1024  # Docker's copier buffer: longer lines become partial entries
 STREAMS = ("stdout", "stderr")
@@ -368,3 +368,73 @@ def _newer_than(path: str, inode: int) -> list[str]:
         except FileNotFoundError:
             continue
     return []
+
+
+# ------------------------------------------------------------------ log config
+
+LOG_OPTS = ("max-size", "max-file")  # what dockyard's json-file driver does
+
+
+class LogConfigError(ValueError):
+    """A --log-driver/--log-opt that can't work; Docker's wording."""
+
+
+def log_config(driver: str | None, opts: dict[str, str] | None = None) -> dict[str, Any]:
+    """Docker's HostConfig.LogConfig for `driver` (default json-file) and its options,
+    checked as dockerd checks them (values too, so a bad one fails `create`)."""
+    kind = driver or "json-file"
+    config = {str(k): str(v) for k, v in (opts or {}).items()}
+    if kind == "none":
+        if config:
+            raise LogConfigError("invalid logging opts for driver none")
+    elif kind != "json-file":
+        raise LogConfigError(
+            f"failed to get logging factory: logger: no log driver named '{kind}' is registered"
+        )
+    else:
+        for key in config:
+            if key not in LOG_OPTS:
+                raise LogConfigError(f"unknown log opt '{key}' for json-file log driver")
+        log_limits(config)
+    return {"Type": kind, "Config": config}
+
+
+def log_limits(opts: dict[str, str]) -> tuple[int | None, int]:
+    """(max size in bytes or None, max files) from json-file options."""
+    import re
+
+    max_size = None
+    if "max-size" in opts:
+        max_size = from_human_size(opts["max-size"])
+        if max_size <= 0:
+            raise LogConfigError("max-size must be a positive number")
+    max_files = 1
+    if "max-file" in opts:
+        text = opts["max-file"]
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise LogConfigError(f'strconv.Atoi: parsing "{text}": invalid syntax')
+        max_files = int(text)
+        if max_files < 1:
+            raise LogConfigError("max-file cannot be less than 1")
+    return max_size, max_files
+
+
+def from_human_size(text: str) -> int:
+    """go-units' FromHumanSize, as json-file's max-size takes it: decimal (10m = 10^7)."""
+    import re
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?", text)
+    if not match:
+        raise LogConfigError(f"invalid size: '{text}'")
+    power = " kmgtp".index((match[2] or " ").lower())
+    return int(float(match[1]) * 1000**power)
+
+
+def monitor_options(config: dict[str, Any] | None, log_path: str) -> dict[str, Any]:
+    """The MonitorSpec's log arguments for a container's LogConfig. The none driver
+    keeps nothing: its entries go to /dev/null."""
+    config = config or {}
+    if config.get("Type") == "none":
+        return {"log_path": os.devnull}
+    max_size, max_files = log_limits(config.get("Config") or {})
+    return {"log_path": log_path, "log_max_size": max_size, "log_max_files": max_files}

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 BACKOFF_START = 0.1
 BACKOFF_MAX = 60.0
 RESET_AFTER = 10.0
+REPLAY_WAIT = 5.0  # how long output kept for `start(attach=True)` waits for its client
 
 
 # ------------------------------------------------------------------ the monitor
@@ -58,10 +59,14 @@ def main() -> None:
     """
     import marshal
 
+    from dockyard.runtime import spawn
+
     report_fd = int(sys.argv[2])
     spec_fd = int(sys.argv[3])
     os.set_inheritable(report_fd, False)
     os.set_inheritable(spec_fd, False)
+    if len(sys.argv) > 4:  # started by spawn.exec_read_only: init helpers are plain forks
+        spawn.return_to_host(int(sys.argv[4]))
     early = _Prepared()
     import json  # noqa: F401 - loaded now, while nothing waits for it
 
@@ -76,11 +81,16 @@ def main() -> None:
         early.abort()
         os._exit(0)
     spec = MonitorSpec.from_dict(marshal.loads(b"".join(chunks)))
-    monitor = Monitor(spec, report_fd)
     if spec.interactive or spec.tty:  # the helper's stdio fits plain pipes only
         early.abort()
-    else:
-        monitor.prepared = early
+        run_monitor(spec, report_fd)
+    run_monitor(spec, report_fd, early)
+
+
+def run_monitor(spec: MonitorSpec, report_fd: int, prepared: _Prepared | None = None) -> None:
+    """Be the container's monitor until it is gone for good; never returns."""
+    monitor = Monitor(spec, report_fd)
+    monitor.prepared = prepared
     code = monitor.run()
     if monitor.prepared is not None:  # failed before the first launch
         monitor.prepared.abort()
@@ -147,7 +157,7 @@ class Monitor:
         spec = self.spec
         from dockyard.runtime.state import write_atomic
 
-        write_atomic(spec.pid_file, str(os.getpid()).encode())
+        write_atomic(spec.pid_file, str(os.getpid()).encode(), durable=False)
         self._remove(spec.stop_file)  # a stop of an earlier run must not stop this one
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         _signal.set_wakeup_fd(wake_w)
@@ -189,6 +199,17 @@ class Monitor:
         return 0
 
     def _supervise(self, streams: dict[int, str]) -> None:
+        """Run (and restart) the container until it is done; then, with AutoRemove, start
+        its remover (engine/autoremove.py), which acts once this monitor has exited."""
+        try:
+            self._supervise_runs(streams)
+        finally:
+            if self.spec.auto_remove and self.spec.state_root:
+                from dockyard.engine.autoremove import spawn
+
+                spawn(self.spec.state_root, self.spec.container_id)
+
+    def _supervise_runs(self, streams: dict[int, str]) -> None:
         spec = self.spec
         delay = 0.0
         while True:
@@ -375,6 +396,13 @@ class Monitor:
         for fd, stream in streams.items():
             writer.finish(stream)
             os.close(fd)
+        if self.backlog is not None and self.listen is not None:
+            # A replay's client has not come yet (the container was quicker): the output
+            # waits for it a moment, as Docker's attach (made before the start) gets it all.
+            import select
+
+            if select.select([self.listen.fileno()], [], [], REPLAY_WAIT)[0]:
+                self._accept()
         for fd in list(self.clients):  # attach ends with the container
             self._drop(fd)
         return code
@@ -467,7 +495,7 @@ class Monitor:
         }
         doc.update(extra)
         try:
-            write_json(self.spec.state_file, doc)
+            write_json(self.spec.state_file, doc, durable=False)
         except OSError:
             pass
 

@@ -45,6 +45,8 @@ class MonitorSpec:
         stdin_fifo: str | None = None,
         tty: bool = False,
         replay: bool = False,
+        auto_remove: bool = False,
+        state_root: str | None = None,
     ) -> None:
         def at(value: str | None, name: str) -> str:
             return os.path.abspath(value or os.path.join(container_dir, name))
@@ -76,6 +78,9 @@ class MonitorSpec:
         self.stdin_fifo = at(stdin_fifo, "stdin")
         self.tty = tty  # process.terminal: a pty (terminal.py)
         self.replay = replay  # output before the first attach goes to it
+        # AutoRemove: once it exited for good, the container is removed from state_root.
+        self.auto_remove = auto_remove
+        self.state_root = None if state_root is None else os.path.abspath(state_root)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -91,12 +96,12 @@ def now() -> str:
     return format_time(time.time_ns())
 
 
-def write_json(path: str, doc: dict[str, Any]) -> None:
+def write_json(path: str, doc: dict[str, Any], durable: bool = True) -> None:
     import json
 
     from dockyard.runtime.state import write_atomic
 
-    write_atomic(path, json.dumps(doc).encode())
+    write_atomic(path, json.dumps(doc).encode(), durable=durable)
 
 
 def alive(pid: int) -> bool:
@@ -156,7 +161,6 @@ class MonitorStarter:
 
     def launch(self, spec: MonitorSpec, timeout: float = 60.0) -> int:
         import marshal
-        import select
 
         from dockyard.runtime.errors import RuntimeFailure
 
@@ -172,34 +176,12 @@ class MonitorStarter:
             finally:
                 os.close(self.spec_fd)
                 self.spec_fd = -1
-            monitor_pid = 0
-            result = ""
-            buf = b""
-            deadline = time.monotonic() + timeout
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-                    if monitor_pid and alive(monitor_pid):
-                        os.kill(monitor_pid, 9)  # stuck; its container (if any) dies with it
-                    raise RuntimeFailure(f"container monitor did not report within {timeout:g}s")
-                chunk = os.read(read_fd, 4096)
-                buf += chunk
-                for line in buf.decode(errors="replace").splitlines():
-                    if line.startswith("monitor "):
-                        monitor_pid = int(line[8:])
-                    elif line.startswith(("started ", "error ")):
-                        result = line
-                if not chunk or (result and monitor_pid):
-                    break
+            monitor_pid, result, _ = read_report(read_fd, timeout)
         finally:
             os.close(read_fd)
             self.report_fd = -1
         if result.startswith("started ") and monitor_pid:
             return monitor_pid
-        # Failed: the monitor has cleaned up and is exiting; make sure it is gone.
-        end = time.monotonic() + 5
-        while monitor_pid and alive(monitor_pid) and time.monotonic() < end:
-            time.sleep(0.005)
         message = result[6:] if result.startswith("error ") else "container monitor died"
         raise RuntimeFailure(message)
 
@@ -217,6 +199,49 @@ class MonitorStarter:
     __del__ = close
 
 
+def read_report(fd: int, timeout: float, until: str = "") -> tuple[int, str, bool]:
+    """A launching monitor's report: (monitor pid, `started …`/`error …` line, ended).
+
+    Reads until both lines came, or the line `until` (when given), or EOF.
+    `ended` is False when the report stopped short of that (EOF or timeout).
+    Raises RuntimeFailure on timeout, after killing a stuck monitor; after a
+    failure, waits (briefly) for the monitor, which cleans up, to be gone.
+    """
+    import select
+
+    from dockyard.runtime.errors import RuntimeFailure
+
+    monitor_pid = 0
+    result = ""
+    buf = b""
+    ended = False
+    deadline = time.monotonic() + timeout
+    while not ended:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if monitor_pid and alive(monitor_pid):
+                os.kill(monitor_pid, 9)  # stuck; its container (if any) dies with it
+            raise RuntimeFailure(f"container monitor did not report within {timeout:g}s")
+        chunk = os.read(fd, 4096)
+        buf += chunk
+        for line in buf.decode(errors="replace").splitlines():
+            if line.startswith("monitor "):
+                monitor_pid = int(line[8:])
+            elif line.startswith(("started ", "error ")):
+                result = line
+            elif until and line == until:
+                ended = True
+        if not until and result and monitor_pid:
+            ended = True
+        if not chunk:
+            break
+    if not result.startswith("started "):
+        end = time.monotonic() + 5
+        while monitor_pid and alive(monitor_pid) and time.monotonic() < end:
+            time.sleep(0.005)
+    return monitor_pid, result, ended
+
+
 def _exec_monitor(interp: str, report_fd: int, spec_fd: int) -> None:
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
@@ -229,5 +254,8 @@ def _exec_monitor(interp: str, report_fd: int, spec_fd: int) -> None:
     os.closerange(keep[0] + 1, keep[1])
     os.closerange(keep[1] + 1, 1 << 16)
     env = {"PATH": os.environ.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"}
-    argv = [interp, "-S", "-I", "-c", _BOOT, "monitor", str(report_fd), str(spec_fd)]
-    os.execve(interp, argv, env)
+    from dockyard.runtime.spawn import exec_read_only
+
+    # From a read-only bind mount of the interpreter (spawn.exec_read_only): the
+    # init helpers the monitor forks are then safe without a re-exec of their own.
+    exec_read_only(interp, ["-c", _BOOT, "monitor"], (report_fd, spec_fd), env)

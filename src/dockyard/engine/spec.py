@@ -180,13 +180,26 @@ def process_args(image_config: dict[str, Any], opts: RunOptions) -> list[str]:
 
 
 def merge_env(image_env: list[str], extra: list[str]) -> list[str]:
-    """Image env, then -e values (same key: the later one wins); PATH always set."""
+    """Image env, then -e values (same key: the later one wins, in the earlier one's
+    place); PATH always set."""
     merged: dict[str, str] = {}
     for entry in [*image_env, *extra]:
         key, sep, value = entry.partition("=")
         merged[key] = f"{key}={value}" if sep else entry
     merged.setdefault("PATH", DEFAULT_PATH)
     return list(merged.values())
+
+
+def config_env(image_config: dict[str, Any], opts: RunOptions) -> list[str]:
+    """Docker's Config.Env: the image's Env with the -e values."""
+    return merge_env(list(image_config.get("Env") or []), list(opts.env))
+
+
+def process_env(image_config: dict[str, Any], opts: RunOptions, hostname: str) -> list[str]:
+    """The process's environment as dockerd makes it: PATH, HOSTNAME and (with a tty)
+    TERM first, then Config.Env replacing or adding (the runtime adds HOME if unset)."""
+    defaults = [DEFAULT_PATH, f"HOSTNAME={hostname}", *(["TERM=xterm"] if opts.tty else [])]
+    return merge_env(defaults, config_env(image_config, opts))
 
 
 def _host_bounding() -> int:
@@ -260,6 +273,7 @@ def build(
     taken = {m["destination"] for m in opts.mounts}
     mounts = [m for m in mounts if m["destination"] not in taken] + list(opts.mounts)
     user: dict[str, Any] = {"uid": uid, "gid": gid}
+    hostname = opts.hostname or container_id[:12]
     if groups:
         user["additionalGids"] = list(groups)
     return {
@@ -268,16 +282,14 @@ def build(
             "terminal": opts.tty,
             "user": user,
             "args": process_args(config, opts),
-            "env": merge_env(
-                ["TERM=xterm"] if opts.tty else [], [*(config.get("Env") or []), *opts.env]
-            ),
+            "env": process_env(config, opts, hostname),
             "cwd": opts.workdir or config.get("WorkingDir") or "/",
             "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
             "rlimits": list(opts.rlimits),
             "noNewPrivileges": opts.no_new_privileges,
         },
         "root": {"path": rootfs, "readonly": opts.read_only},
-        "hostname": opts.hostname or container_id[:12],
+        "hostname": hostname,
         "mounts": mounts,
         "linux": linux,
         "annotations": {f"org.dockyard.label.{k}": v for k, v in opts.labels.items()},

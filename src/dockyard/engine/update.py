@@ -77,6 +77,13 @@ def update(
 
 def restart(engine: Engine, name: str, timeout: float | None = None) -> Container:
     """stop (its StopSignal, then SIGKILL after the timeout), then start."""
+    from dockyard.engine import autoremove
+
     container = engine.get(name)
-    engine.stop(container.id, timeout=timeout)
-    return engine.start(container.id)
+    held = autoremove.hold(container)  # AutoRemove: a restart is no exit for good
+    try:
+        engine.stop(container.id, timeout=timeout)
+        return engine.start(container.id)
+    finally:
+        if held:
+            autoremove.release(container)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import IO, Any, BinaryIO
 
     from dockyard.image.store import Image, ImageStore
+    from dockyard.storage.leases import Lease
 
 _CHUNK = 1 << 20
 _SMALL = 8 << 20  # metadata files kept in memory; anything bigger is a blob
@@ -159,8 +160,9 @@ def _blob(tar: tarfile.TarFile, store: ImageStore, digest: str) -> None:
 class _Reader:
     """One pass over the archive: blobs into the content store, metadata into memory."""
 
-    def __init__(self, store: ImageStore) -> None:
+    def __init__(self, store: ImageStore, lease: Lease) -> None:
         self.store = store
+        self.lease = lease  # names every blob this load stores or finds, before it relies on it
         self.files: dict[str, bytes] = {}  # small metadata files by normalized path
         self.blobs: dict[str, str] = {}  # path -> digest of the stored blob
         self.links: dict[str, str] = {}  # path -> path it links to
@@ -207,15 +209,20 @@ class _Reader:
 
     def ingest(self, data: IO[bytes], expected: str | None, size: int) -> str:
         from dockyard.storage.content import ContentError
+        from dockyard.storage.leases import CONTENT
 
         content = self.store.content
-        if expected is not None and content.has(expected):
-            return expected  # already stored (and verified when it was)
+        if expected is not None:
+            self.lease.add(CONTENT, expected)
+            if content.has(expected):
+                return expected  # already stored (and verified when it was)
         try:
             with content.writer(expected, size) as writer:
                 while chunk := data.read(_CHUNK):
                     writer.write(chunk)
-                digest = writer.commit()
+                with self.lease.guard():  # no collection between the rename and the lease
+                    digest = writer.commit()
+                    self.lease.add(CONTENT, digest)
         except ContentError as err:
             raise ArchiveError(f"invalid archive: {err}") from None
         if digest not in self.added:
@@ -236,7 +243,12 @@ class _Reader:
         if path in self.blobs:
             return self.blobs[path]
         if path in self.files:
-            digest = self.store.content.put(self.files[path])
+            from dockyard.oci.digest import from_bytes
+            from dockyard.storage.leases import CONTENT
+
+            digest = from_bytes(self.files[path])
+            self.lease.add(CONTENT, digest)
+            self.store.content.put(self.files[path], digest)
             self.blobs[path] = digest
             if digest not in self.added:
                 self.added.append(digest)
@@ -262,7 +274,12 @@ def _is_hex(text: str) -> bool:
 
 def load(store: ImageStore, stream: BinaryIO) -> list[str]:
     """Load every image of the archive; returns Docker's output lines."""
-    reader = _Reader(store)
+    with store.leases.create() as lease:
+        return _load(store, stream, lease)
+
+
+def _load(store: ImageStore, stream: BinaryIO, lease: Lease) -> list[str]:
+    reader = _Reader(store, lease)
     try:
         reader.read(stream)
         if "manifest.json" in reader.files or "manifest.json" in reader.links:
@@ -278,11 +295,12 @@ def load(store: ImageStore, stream: BinaryIO) -> list[str]:
             raise ArchiveError("invalid archive: it holds no image")
         planned = [_plan(reader, config_digest, layers) for config_digest, layers, _ in found]
     except BaseException:
+        lease.release()
         _discard(store, reader.added)
         raise
     lines: list[str] = []
     for (config, raw, layers), (_, _, tags) in zip(planned, found, strict=True):
-        image = store.add_image(config, layers, tags, config_bytes=raw)
+        image = store.add_image(config, layers, tags, config_bytes=raw, lease=lease)
         if tags:
             lines += [f"Loaded image: {ref.familiar()}" for ref in tags]
         else:
@@ -421,15 +439,24 @@ def _layer_kind(store: ImageStore, digest: str) -> tuple[str, str]:
 
 
 def _discard(store: ImageStore, added: list[str]) -> None:
-    """Remove blobs this load stored, unless an image (maybe another process's) holds them."""
+    """Remove blobs this load stored, unless an image or another ingest's lease (maybe
+    another process's) holds them; the load's own lease is released first."""
     from dockyard.storage.content import BlobNotFound
+    from dockyard.storage.leases import CONTENT
 
-    for digest in added:
-        held = store.conn.execute(
-            "SELECT 1 FROM blob_refs WHERE digest = ? LIMIT 1", (digest,)
-        ).fetchone()
-        if held is None:
-            try:
-                store.content.delete(digest)
-            except BlobNotFound:
-                pass
+    if not added:
+        return
+    with store.leases.collecting():
+        leased = store.leases.held()[CONTENT]
+        for digest in added:
+            held = (
+                digest in leased
+                or store.conn.execute(
+                    "SELECT 1 FROM blob_refs WHERE digest = ? LIMIT 1", (digest,)
+                ).fetchone()
+            )
+            if not held:
+                try:
+                    store.content.delete(digest)
+                except BlobNotFound:
+                    pass

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
     from dockyard.storage.content import LocalContentStore
+    from dockyard.storage.leases import Lease, Leases
     from dockyard.storage.overlay import OverlaySnapshotter
 
 
@@ -65,12 +66,15 @@ class ImageStore:
 
     def __init__(self, root: str, conn: sqlite3.Connection | None = None) -> None:
         from dockyard.storage.content import LocalContentStore
+        from dockyard.storage.leases import Leases
         from dockyard.storage.overlay import OverlaySnapshotter
 
         self.root = root
         self.conn = conn or db.open_db(root)
         self.content: LocalContentStore = LocalContentStore(root)
         self.snapshots: OverlaySnapshotter = OverlaySnapshotter(root, lambda: self.conn)
+        # What ingests in progress (any process) make, kept from collect_garbage.
+        self.leases: Leases = Leases(root, lambda: self.conn)
 
     # ---------------------------------------------------------------- import
 
@@ -84,11 +88,12 @@ class ImageStore:
         """`docker import`: a root file system tar (plain, gzip or zstd) → a one-layer image."""
         from dockyard.image.changes import apply_changes
         from dockyard.image.layers import open_layer
+        from dockyard.storage.leases import CONTENT
 
         ref = refs.parse(reference) if reference else None
         container_config = apply_changes({}, list(changes))
         tar = open_layer(stream)
-        with self.content.writer() as writer:
+        with self.leases.create() as lease, self.content.writer() as writer:
             head = b""
             while len(head) < 512 and (chunk := tar.read(512 - len(head))):
                 head += chunk
@@ -97,12 +102,14 @@ class ImageStore:
             while chunk := tar.read(1 << 20):
                 writer.write(chunk)
             size = writer.offset
-            diff_id = writer.commit()
-        now = spec.rfc3339(time.time())
-        history = [{"created": now, "created_by": "dockyard import", "comment": message or ""}]
-        config = spec.new_config([diff_id], now, container_config, history)
-        layer = spec.descriptor(spec.MEDIA_LAYER, diff_id, size)
-        return self.add_image(config, [layer], [ref] if ref else [])
+            with lease.guard():  # no collection between the blob's rename and its lease
+                diff_id = writer.commit()
+                lease.add(CONTENT, diff_id)
+            now = spec.rfc3339(time.time())
+            history = [{"created": now, "created_by": "dockyard import", "comment": message or ""}]
+            config = spec.new_config([diff_id], now, container_config, history)
+            layer = spec.descriptor(spec.MEDIA_LAYER, diff_id, size)
+            return self.add_image(config, [layer], [ref] if ref else [], lease=lease)
 
     def add_image(
         self,
@@ -110,22 +117,35 @@ class ImageStore:
         layers: list[dict[str, Any]],
         tags: list[refs.Reference],
         config_bytes: bytes | None = None,
+        lease: Lease | None = None,
     ) -> Image:
         """Store config and manifest (layers are already blobs) and record the image.
 
         `config_bytes`: the config's exact bytes (from a loaded archive), kept so the
         image ID stays what it was; by default the canonical JSON of `config`.
+        `lease`: the caller's, which already names the layers; else one of its own.
         """
-        for layer in layers:
-            if not self.content.has(layer["digest"]):
-                raise ImageError(f"layer {layer['digest']} is not in the content store")
+        if lease is None:
+            with self.leases.create() as own:
+                return self.add_image(config, layers, tags, config_bytes, own)
+        from dockyard.oci.digest import from_bytes
+        from dockyard.storage.leases import CONTENT
+
         if config_bytes is None:
             config_bytes = spec.canonical(config)
-        config_digest = self.content.put(config_bytes)
+        config_digest = from_bytes(config_bytes)
         manifest = spec.new_manifest(
             spec.descriptor(spec.MEDIA_CONFIG, config_digest, len(config_bytes)), layers
         )
-        manifest_digest = self.content.put(spec.canonical(manifest))
+        manifest_bytes = spec.canonical(manifest)
+        manifest_digest = from_bytes(manifest_bytes)
+        # Leased before they are looked at or written: a collection can't come between.
+        lease.add(CONTENT, config_digest, manifest_digest, *(layer["digest"] for layer in layers))
+        for layer in layers:
+            if not self.content.has(layer["digest"]):
+                raise ImageError(f"layer {layer['digest']} is not in the content store")
+        self.content.put(config_bytes, config_digest)
+        self.content.put(manifest_bytes, manifest_digest)
         size = sum(int(layer["size"]) for layer in layers)
         with db.transaction(self.conn) as conn:
             conn.execute(
@@ -176,25 +196,35 @@ class ImageStore:
         return self._row_to_image(row)
 
     def _find(self, name: str) -> sqlite3.Row | None:
+        """Docker's order: a full ID, then a tag, then a unique ID prefix (so an image
+        tagged `cafe` is found by that name even when another image's ID starts so)."""
         conn = self.conn
         hex_part = name.removeprefix("sha256:")
-        if hex_part and all(c in "0123456789abcdef" for c in hex_part) and len(hex_part) <= 64:
-            rows = conn.execute(
-                "SELECT * FROM images WHERE id >= ? AND id < ? LIMIT 2",
-                (f"sha256:{hex_part}", f"sha256:{hex_part}g"),
-            ).fetchall()
-            if len(rows) == 1:
-                return rows[0]
-            if len(rows) > 1 and len(hex_part) < 64:
-                raise ImageError(f"image ID prefix {hex_part} is ambiguous: give more digits")
-            if len(hex_part) == 64:
-                return None
-        ref = refs.parse(name)  # a malformed name is the user's error, said as such
-        return conn.execute(
-            "SELECT images.* FROM images JOIN tags ON tags.image_id = images.id"
-            " WHERE tags.name = ?",
-            (str(ref),),
-        ).fetchone()
+        is_hex = bool(hex_part) and all(c in "0123456789abcdef" for c in hex_part)
+        if is_hex and len(hex_part) == 64:
+            return conn.execute(
+                "SELECT * FROM images WHERE id = ?", (f"sha256:{hex_part}",)
+            ).fetchone()
+        try:
+            ref = refs.parse(name)
+        except refs.ReferenceError:
+            if not is_hex:
+                raise  # a malformed name is the user's error, said as such
+        else:
+            row = conn.execute(
+                "SELECT images.* FROM images JOIN tags ON tags.image_id = images.id"
+                " WHERE tags.name = ?",
+                (str(ref),),
+            ).fetchone()
+            if row is not None or not is_hex or len(hex_part) > 64:
+                return row
+        rows = conn.execute(
+            "SELECT * FROM images WHERE id >= ? AND id < ? LIMIT 2",
+            (f"sha256:{hex_part}", f"sha256:{hex_part}g"),
+        ).fetchall()
+        if len(rows) > 1:
+            raise ImageError(f"image ID prefix {hex_part} is ambiguous: give more digits")
+        return rows[0] if rows else None
 
     def list_images(self) -> list[Image]:
         rows = self.conn.execute("SELECT * FROM images ORDER BY created DESC").fetchall()
@@ -219,15 +249,13 @@ class ImageStore:
         """
         image = self.get(name)
         done: list[tuple[str, str]] = []
-        by_tag = name not in (image.id, image.id.removeprefix("sha256:")) and not _is_id_prefix(
-            name, image.id
-        )
+        by_tag = _tag_of(name, image) is not None
         with db.transaction(self.conn) as conn:
             users = conn.execute(
                 "SELECT id, name FROM containers WHERE image_id = ?", (image.id,)
             ).fetchall()
             if by_tag and len(image.tags) > 1:
-                tag = str(refs.parse(name))
+                tag = str(_tag_of(name, image))
                 conn.execute("DELETE FROM tags WHERE name = ?", (tag,))
                 return [("Untagged", refs.parse(tag).familiar())]
             if len(image.tags) > 1 and not force:
@@ -254,37 +282,62 @@ class ImageStore:
     # ---------------------------------------------------------------- garbage
 
     def collect_garbage(self) -> list[str]:
-        """Delete blobs no holder references, and layer snapshots no image needs."""
-        from dockyard.storage.snapshots import SnapshotInUse
+        """Delete blobs no holder references, and layer snapshots no image needs;
+        whatever a live lease names (an ingest in progress) is kept."""
+        from dockyard.storage.content import BlobNotFound
+        from dockyard.storage.leases import CONTENT, SNAPSHOT
+        from dockyard.storage.snapshots import SnapshotInUse, SnapshotNotFound
 
         removed: list[str] = []
-        referenced = {r[0] for r in self.conn.execute("SELECT DISTINCT digest FROM blob_refs")}
-        for digest in list(self.content.digests()):
-            if digest not in referenced:
-                self.content.delete(digest)
-                removed.append(digest)
-        needed: set[str] = set()
-        for image in self.list_images():
-            needed.update(image.chain_ids)
-        for info in sorted(self.snapshots.walk(), key=lambda i: -_depth(self.snapshots, i.name)):
-            if (
-                info.kind == "committed"
-                and info.name.startswith("sha256:")
-                and info.name not in needed
-            ):
-                try:
-                    self.snapshots.remove(info.name)
-                except SnapshotInUse:  # a container or another layer still stands on it
-                    continue
+        with self.leases.collecting():
+            # Leases before references: an ingest records its image before it lets go
+            # of its lease, so whatever is in neither is garbage.
+            held = self.leases.held()
+            referenced = {r[0] for r in self.conn.execute("SELECT DISTINCT digest FROM blob_refs")}
+            referenced |= held[CONTENT]
+            for digest in list(self.content.digests()):
+                if digest not in referenced:
+                    try:
+                        self.content.delete(digest)
+                    except BlobNotFound:
+                        continue
+                    removed.append(digest)
+            needed = set(held[SNAPSHOT])
+            for image in self.list_images():
+                needed.update(image.chain_ids)
+            snapshots = self.snapshots
+            for info in sorted(snapshots.walk(), key=lambda i: -_depth(snapshots, i.name)):
+                if (
+                    info.kind == "committed"
+                    and info.name.startswith("sha256:")
+                    and info.name not in needed
+                ):
+                    try:
+                        snapshots.remove(info.name)
+                    except (SnapshotInUse, SnapshotNotFound):  # something still stands on it
+                        continue
         return removed
 
     # ---------------------------------------------------------------- unpack
 
-    def unpack(self, image: Image) -> str | None:
-        """Commit a snapshot per layer (named by chain ID); returns the top one."""
+    def unpack(self, image: Image, lease: Lease | None = None) -> str | None:
+        """Commit a snapshot per layer (named by chain ID); returns the top one.
+
+        `lease` keeps the snapshots (and the layer blobs) from a collection until
+        the caller stands a container on them; without one they are kept while
+        this runs."""
+        if lease is None:
+            with self.leases.create() as own:
+                return self.unpack(image, own)
         from dockyard.image.layers import apply_layer, open_layer
+        from dockyard.storage.leases import CONTENT, SNAPSHOT
         from dockyard.storage.snapshots import SnapshotExists, SnapshotNotFound, unmount
 
+        if image.chain_ids:
+            lease.add_all(
+                [(SNAPSHOT, chain_id) for chain_id in image.chain_ids]
+                + [(CONTENT, d) for d in (image.manifest_digest, *self._layer_blobs(image))]
+            )
         parent: str | None = None
         for chain_id, diff_id in zip(image.chain_ids, image.diff_ids, strict=True):
             try:
@@ -319,9 +372,11 @@ class ImageStore:
         return parent
 
     def _layer_blob(self, image: Image, diff_id: str) -> str:
+        return self._layer_blobs(image)[image.diff_ids.index(diff_id)]
+
+    def _layer_blobs(self, image: Image) -> list[str]:
         manifest = json.loads(self.content.read(image.manifest_digest))
-        index = image.diff_ids.index(diff_id)
-        return str(manifest["layers"][index]["digest"])
+        return [str(layer["digest"]) for layer in manifest.get("layers") or []]
 
 
 def _check_tar_header(chunk: bytes) -> None:
@@ -341,9 +396,16 @@ def _check_tar_header(chunk: bytes) -> None:
         ) from None
 
 
-def _is_id_prefix(name: str, image_id: str) -> bool:
+def _tag_of(name: str, image: Image) -> str | None:
+    """The tag `name` means when it is one of `image`'s tags (not an ID), else None."""
     hex_part = name.removeprefix("sha256:")
-    return bool(hex_part) and image_id.removeprefix("sha256:").startswith(hex_part)
+    if len(hex_part) == 64 and all(c in "0123456789abcdef" for c in hex_part):
+        return None
+    try:
+        tag = str(refs.parse(name))
+    except refs.ReferenceError:
+        return None
+    return tag if tag in image.tags else None
 
 
 def _depth(snapshots: OverlaySnapshotter, name: str) -> int:

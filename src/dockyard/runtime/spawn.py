@@ -76,6 +76,67 @@ def interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
+# True in a process that `exec_read_only` started (and that went back to the
+# host's mount namespace): its /proc/self/exe is already the read-only file, so
+# the init helpers it forks need no re-exec of their own.
+READ_ONLY_EXE = False
+# True where a longer-lived ancestor keeps the cgroup attach lock warm (the
+# monitor server): a helper's own warmer would only add a thread.
+LOCK_KEPT_WARM = False
+
+
+def exec_read_only(interp: str, args: list[str], fds: tuple[int, ...], env: dict[str, str]) -> None:
+    """In a forked child: exec `interp -S -I ARGS FD… HOST_MNT` from a read-only
+    bind mount of itself, in a private mount namespace.
+
+    `fds` stay open across the exec and go on the command line, followed by an
+    fd of the host's mount namespace: the new process `setns`es back to it
+    (`return_to_host`) and keeps its read-only exe. Never returns.
+    """
+    host_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    syscalls = sc.current()
+    syscalls.unshare(sc.CLONE_NEWNS)
+    syscalls.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+    syscalls.mount(interp, interp, None, sc.MS_BIND)
+    syscalls.mount(None, interp, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+    for fd in (*fds, host_mnt):
+        os.set_inheritable(fd, True)
+    os.execve(interp, [interp, "-S", "-I", *args, *map(str, (*fds, host_mnt))], env)
+
+
+def return_to_host(host_mnt: int) -> None:
+    """Back from `exec_read_only`'s private mount namespace to the host's, as it
+    is now (mounts made since the fork are there); the exe stays read-only."""
+    global READ_ONLY_EXE
+    if host_mnt < 0:
+        return
+    try:
+        sc.current().setns(host_mnt, sc.CLONE_NEWNS)
+        READ_ONLY_EXE = True
+    except OSError:
+        pass  # stay where we are: the mounts as they were at the fork
+    os.close(host_mnt)
+
+
+def _run_init_here(fds: tuple[int, int, int], parent_fds: tuple[int, ...]) -> None:
+    """The helper as a plain fork of a process whose exe is already read-only."""
+    import _signal
+
+    for fd in parent_fds:
+        os.close(fd)
+    # Handlers and the wakeup fd are the parent's (a monitor's); an init child
+    # must neither wake the parent nor swallow SIGTERM.
+    _signal.set_wakeup_fd(-1)
+    for name in ("SIGINT", "SIGHUP", "SIGTERM", "SIGCHLD"):
+        _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+    from dockyard.runtime.init import main
+
+    try:
+        main(*fds)
+    finally:
+        os._exit(1)
+
+
 class Helper:
     """An init helper, already booting its interpreter, waiting for its orders.
 
@@ -93,18 +154,10 @@ class Helper:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child ends in execve or _exit
             try:
-                # The init goes back to this mount namespace once it has its orders,
-                # so mounts made meanwhile (the container's rootfs) are there for it.
-                host_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY)
-                syscalls = sc.current()
-                syscalls.unshare(sc.CLONE_NEWNS)
-                syscalls.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
-                syscalls.mount(interp, interp, None, sc.MS_BIND)
-                syscalls.mount(None, interp, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
-                fds = (cfg_r, to_init_r, from_init_w, host_mnt)
-                for fd in fds:
-                    os.set_inheritable(fd, True)
-                os.execve(interp, [interp, "-S", "-I", "-c", _BOOT, *map(str, fds)], {})
+                fds = (cfg_r, to_init_r, from_init_w)
+                if READ_ONLY_EXE:
+                    _run_init_here(fds, (to_init_w, from_init_r, cfg_w))
+                exec_read_only(interp, ["-c", _BOOT], fds, {})
             except BaseException as err:
                 try:
                     os.write(from_init_w, f"error starting container init: {err}\n".encode())
@@ -118,7 +171,7 @@ class Helper:
         self.used = False
         from dockyard.runtime.cgroups.warm import AttachLockWarmer
 
-        self._warmer = AttachLockWarmer()
+        self._warmer = AttachLockWarmer(limit=0 if LOCK_KEPT_WARM else 0.5)
 
     def send(self, payload: dict[str, Any], cgroup: Callable[[], CgroupManager] | None) -> None:
         """Give the helper its orders, then put it in its cgroup and let it go.

@@ -145,7 +145,7 @@ class StateRoot:
         import json
 
         path = os.path.join(state.state_dir, STATE_FILE)
-        write_atomic(path, json.dumps(state.to_json()).encode())
+        write_atomic(path, json.dumps(state.to_json()).encode(), durable=False)
 
     def load(self, container_id: str) -> ContainerState:
         import json
@@ -168,13 +168,19 @@ class StateRoot:
         return sorted(n for n in names if os.path.exists(os.path.join(self.root, n, STATE_FILE)))
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    """temp + fsync + rename: readers see the old file or the new one, never half."""
+def write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """temp + fsync + rename: readers see the old file or the new one, never half.
+
+    `durable=False` skips the fsync, for what a reboot makes stale anyway (pid
+    and state files of running processes, as runc keeps them on tmpfs): the
+    rename still makes the write atomic.
+    """
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)

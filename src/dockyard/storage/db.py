@@ -112,6 +112,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX container_volumes_volume ON container_volumes(volume);
     """,
+    # 3: leases: blobs and snapshots an ingest in progress makes, kept from gc (leases.py)
+    """
+    CREATE TABLE leases (
+        id        TEXT PRIMARY KEY,
+        pid       INTEGER NOT NULL,                -- the owner; dead owner, dead lease
+        pid_start INTEGER,                         -- its start time: pids are reused
+        created   TEXT NOT NULL,
+        expires   REAL NOT NULL                    -- Unix time
+    );
+    CREATE TABLE lease_resources (
+        lease_id TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+        kind     TEXT NOT NULL CHECK (kind IN ('content', 'snapshot')),
+        name     TEXT NOT NULL,                    -- a digest, or a snapshot's name
+        PRIMARY KEY (lease_id, kind, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX lease_resources_name ON lease_resources(kind, name);
+    """,
 ]
 
 

@@ -39,7 +39,7 @@ class AttachLockWarmer:
 
     def __init__(self, root: str = "/sys/fs/cgroup", period: float = 0.002, limit: float = 0.5):
         self._stopped = False
-        procs = _own_procs_file(root)
+        procs = _own_procs_file(root) if limit > 0 else None
         if procs is not None:
             _thread.start_new_thread(self._run, (procs, period, limit))
 
