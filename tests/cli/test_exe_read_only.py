@@ -70,7 +70,7 @@ def test_monitor_server_forks_read_only_inits(tmp_path: Path, busybox_image: Bus
             out = client.containers.run(
                 "busybox", entrypoint="/x/evil", volumes=volumes, remove=True
             )
-            assert out.strip() == b"exe-read-only"
+            assert isinstance(out, bytes) and out.strip() == b"exe-read-only"
         server = client.engine._server
         assert server is not None and server.pid > 0
         server_pid = server.pid

@@ -249,7 +249,10 @@ def _run_container(args: argparse.Namespace) -> int:
 
     check_input_tty(args)
 
-    early = MonitorStarter()  # boots while this process opens the store and creates
+    from dockyard.cli import main
+
+    # Booted while this process opens the store and creates (main starts it first).
+    early, main.early_monitor = main.early_monitor or MonitorStarter(), None
     eng = engine(args)
     eng.warm_monitor(early)
     container = _create_container(args, eng)

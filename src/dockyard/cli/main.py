@@ -11,6 +11,8 @@ TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as
 if TYPE_CHECKING:
     import argparse
 
+    from dockyard.engine.monitor_start import MonitorStarter
+
 # verb -> (module under dockyard.cli, one-line help). Each module has
 # `add_arguments(parser)` and `run(args) -> int`.
 VERBS: dict[str, tuple[str, str]] = {
@@ -83,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         print(_version_line())
         code = 0
     else:
+        if _verb_of(argv) == "run" and not {"-h", "--help"}.intersection(argv):
+            # The container's monitor boots (an interpreter start and the
+            # runtime's imports, on another CPU) while this process imports,
+            # parses and creates: started first, it is ready when `start` comes.
+            from dockyard.engine.monitor_start import MonitorStarter
+
+            global early_monitor
+            early_monitor = MonitorStarter()
         code = _dispatch(argv)
     if as_command:
         # Nothing left to clean up but the interpreter, whose teardown costs milliseconds.
@@ -93,6 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+early_monitor: MonitorStarter | None = None  # taken by `run`
+
+
+def _verb_of(argv: list[str]) -> str | None:
+    """The verb, found without argparse (only --root takes a value before it)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--root":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -414,8 +414,10 @@ class Engine:
             return container
         rootfs = os.path.join(container.dir, "rootfs")
         if not os.path.ismount(rootfs):
-            for mount in self.images.snapshots.mounts(f"container-{container.id}"):
-                mount.mount(rootfs)
+            from dockyard.engine.rootfs import mount_rootfs
+
+            mounts = self.images.snapshots.mounts(f"container-{container.id}")
+            mount_rootfs(mounts, rootfs, volatile=bool(container.config.get("AutoRemove")))
         for stale in ("exit.json", "stop", "monitor.json", "paused"):
             try:
                 os.unlink(os.path.join(container.dir, stale))
@@ -600,4 +602,29 @@ class Engine:
             raise EngineError("configured logging driver does not support reading")
         if kwargs.get("follow"):
             kwargs.setdefault("stop", lambda: not container.monitor_pid())
+            kwargs.setdefault("wait", _until_exit(container.monitor_pid()))
         return read_logs(container.log_path, **kwargs)
+
+
+def _until_exit(pid: int | None) -> Callable[[float], object] | None:
+    """A sleep that ends early when process `pid` exits (a pidfd), for log follow:
+    the last lines and the end show up as soon as the monitor is done."""
+    if not pid:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    import select
+    import time
+
+    open_fds = [pidfd]
+
+    def wait(timeout: float) -> object:
+        if not open_fds:
+            time.sleep(timeout)  # (a new monitor took over: plain polling)
+        elif select.select(open_fds, [], [], timeout)[0]:
+            os.close(open_fds.pop())  # exited; `stop` now ends the loop
+        return None
+
+    return wait

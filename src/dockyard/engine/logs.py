@@ -252,6 +252,7 @@ def read_logs(
     stderr: bool = True,
     stop: Callable[[], bool] | None = None,
     poll_interval: float = 0.05,
+    wait: Callable[[float], object] | None = None,
 ) -> Iterator[tuple[str, str, str]]:
     """(stream, time, text) of each entry across rotated files, oldest first.
 
@@ -261,6 +262,7 @@ def read_logs(
     `follow` keeps polling the live file (across rotations) for new entries
     until `stop()` returns true (then what is already written is still read)
     or an entry is later than `until`. Without `stop`, following never ends.
+    `wait(seconds)` (default time.sleep) paces the polls; it may return early.
     """
     import json
 
@@ -310,7 +312,7 @@ def read_logs(
                 source.close()
         if not follow or past_until:
             return
-        yield from _follow(path, live, entries, stop, poll_interval, lambda: past_until)
+        yield from _follow(path, live, entries, stop, wait, poll_interval, lambda: past_until)
     finally:
         for source in sources:
             source.close()
@@ -321,6 +323,7 @@ def _follow(
     live: _Source | None,
     entries: Callable[[_Source], Iterator[tuple[str, str, str]]],
     stop: Callable[[], bool] | None,
+    wait: Callable[[float], object] | None,
     poll_interval: float,
     done: Callable[[], bool],
 ) -> Iterator[tuple[str, str, str]]:
@@ -352,7 +355,7 @@ def _follow(
                     continue
             if stopping or done():
                 return
-            time.sleep(poll_interval)
+            (wait or time.sleep)(poll_interval)
     finally:
         if live is not None:
             live.close()

@@ -57,8 +57,6 @@ def main() -> None:
     init helper (booting its interpreter in parallel), and the runtime's
     modules loaded. No spec (the pipe closed empty): nothing to run, exit.
     """
-    import marshal
-
     from dockyard.runtime import spawn
 
     report_fd = int(sys.argv[2])
@@ -72,6 +70,13 @@ def main() -> None:
 
     from dockyard.engine import logs  # noqa: F401
     from dockyard.runtime import cgroups, container  # noqa: F401
+
+    run_when_told(early, spec_fd, report_fd)
+
+
+def run_when_told(early: _Prepared, spec_fd: int, report_fd: int) -> None:
+    """Read the spec (until EOF) and be its monitor; no spec: abort `early`, exit."""
+    import marshal
 
     chunks = []
     while chunk := os.read(spec_fd, 65536):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from dockyard.engine.monitor import Monitor
 
-HANDOVER_AFTER = 1.0
+HANDOVER_AFTER = 5.0  # short-lived containers (and bursts of starts) never pay the re-exec
 # Modules whose presence says the process carries the runtime's weight.
 _HEAVY = ("json", "ctypes", "dockyard.runtime.container")
 _SIGNALS = ("SIGINT", "SIGHUP", "SIGTERM", "SIGCHLD")

@@ -4,10 +4,12 @@
 container; a caller that starts containers one after another (the Python API)
 keeps a `MonitorServer` instead. The server is exec'd once from a read-only
 bind mount of the interpreter (`spawn.exec_read_only`), goes back to the host's
-mount namespace and imports the monitor and the runtime; then each `launch`
-costs a fork: the forked child leaves the session (setsid) and runs the
-monitor, whose init helpers are plain forks too (their exe is already the
-read-only file, CVE-2019-5736).
+mount namespace and imports the monitor and the runtime. It keeps one monitor
+forked ahead (detached with setsid, its output pipes and init helper made,
+waiting for a spec), so a `launch` costs no fork on its path: the spare gets
+the spec and runs; the next spare is forked while the caller goes on. Init
+helpers are plain forks too (their exe is already the read-only file,
+CVE-2019-5736).
 
 The server belongs to its caller: it exits when the caller's end of the
 request pipe closes (`close()`, or the caller's exit). Monitors it forked are
@@ -136,7 +138,6 @@ def _read_exact(fd: int, size: int) -> bytes | None:
 
 def serve() -> None:  # pragma: no cover - runs in the server process
     """Entry point of the server process: argv is REQUEST_FD REPLY_FD HOST_MNT."""
-    import marshal
 
     from dockyard.runtime import spawn
 
@@ -170,10 +171,11 @@ def serve() -> None:  # pragma: no cover - runs in the server process
     gc.collect()
     gc.freeze()
     warmer: warm.AttachLockWarmer | None = None
+    spare = _fork_spare((request_fd, reply_fd))
     while True:
         head = _read_exact(request_fd, 4)
         if head is None:
-            os._exit(0)
+            os._exit(0)  # the spare sees its spec pipe close and exits too
         body = _read_exact(request_fd, int.from_bytes(head, "big"))
         if body is None:
             os._exit(0)
@@ -182,29 +184,39 @@ def serve() -> None:  # pragma: no cover - runs in the server process
         # The monitor's cgroup join (RCU grace period on v1) finds the lock warm;
         # the next start comes within the warmer's limit when starts are back to back.
         warmer = warm.AttachLockWarmer(limit=1.0)
-        report_r, report_w = os.pipe()
-        child = os.fork()
-        if child == 0:
-            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-            os.close(report_r)
-            _run_detached(marshal.loads(body), report_w, (request_fd, reply_fd))
-        os.close(report_w)
-        _relay(report_r, reply_fd, f"monitor {child}\n".encode())
+        pid, spec_w, report_r = spare
+        try:
+            _write_all(spec_w, body)
+        except BrokenPipeError:
+            pass  # the spare died: the report's EOF says so
+        os.close(spec_w)
+        _relay(report_r, reply_fd, f"monitor {pid}\n".encode())
         os.close(report_r)
+        spare = _fork_spare((request_fd, reply_fd))
 
 
-def _run_detached(doc: dict[str, object], report_fd: int, server_fds: tuple[int, ...]) -> None:
-    """In the forked child: leave the server's session and be the monitor."""
-    try:
-        for fd in server_fds:
-            os.close(fd)
-        os.setsid()
-        from dockyard.engine.monitor import run_monitor
-        from dockyard.engine.monitor_start import MonitorSpec
+def _fork_spare(server_fds: tuple[int, ...]) -> tuple[int, int, int]:
+    """The next start's monitor, forked ahead: detached, its output pipes and init
+    helper made, waiting for its spec. (pid, spec pipe, report pipe)."""
+    import _signal
 
-        run_monitor(MonitorSpec.from_dict(doc), report_fd)
-    finally:
-        os._exit(1)
+    spec_r, spec_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            for fd in (*server_fds, spec_w, report_r):
+                os.close(fd)
+            os.setsid()
+            from dockyard.engine.monitor import _Prepared, run_when_told
+
+            run_when_told(_Prepared(), spec_r, report_w)
+        finally:
+            os._exit(1)
+    os.close(spec_r)
+    os.close(report_w)
+    return pid, spec_w, report_r
 
 
 def _relay(report_fd: int, reply_fd: int, buf: bytes) -> None:
