@@ -64,12 +64,18 @@ class Client:
 
     def __init__(self, root: str | None = None) -> None:
         self.engine = Engine(root or os.environ.get("DOCKYARD_ROOT") or DEFAULT_ROOT)
-        # A monitor boots ahead of each start: containers started one after
-        # another don't wait for an interpreter start each.
+        # One monitor server, booted now, forks the monitor of every start: no
+        # container waits for an interpreter start (engine/monitor_server.py).
         self.engine.keep_warm = True
+        self.engine.boot_monitor_server()
         self.containers = ContainerCollection(self)
         self.images = ImageCollection(self)
         self.volumes = VolumeCollection(self)
+
+    def close(self) -> None:
+        """Let the monitor server go (running containers keep running), as docker-py's
+        `close()` closes its connection; the client boots a new one if used again."""
+        self.engine.close()
 
     @classmethod
     def from_env(cls) -> Client:

@@ -447,6 +447,10 @@ class Engine:
             raise
         return container
 
+    def boot_monitor_server(self) -> None:
+        """keep_warm: boot the monitor server now (it loads while the caller goes on)."""
+        self._monitor_server()
+
     def _monitor_server(self) -> MonitorServer:
         """keep_warm: one booted process forks every start's monitor."""
         if self._server is None or self._server.request_fd < 0:

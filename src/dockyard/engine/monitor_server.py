@@ -160,6 +160,13 @@ def serve() -> None:  # pragma: no cover - runs in the server process
     )
     from dockyard.runtime.cgroups import warm
 
+    try:  # libseccomp loaded and Docker's default profile's syscall names resolved
+        from dockyard.engine.seccomp_profile import default_profile
+
+        seccomp.validate(default_profile([]))
+    except Exception:
+        pass  # no libseccomp: containers that need it fail with the runtime's message
+
     # Monitors are the server's children: the kernel reaps those that exit while
     # it lives (the rest are reparented when it exits).
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)

@@ -83,10 +83,10 @@ def _preload(process: dict[str, Any], linux: dict[str, Any]) -> None:
     Python library and libseccomp are out of reach."""
     from dockyard.runtime import capabilities, rlimits  # noqa: F401
 
-    if linux.get("seccomp"):
+    if linux.get("seccomp"):  # (validated by the runtime already)
         from dockyard.runtime import seccomp
 
-        seccomp.validate(linux["seccomp"])  # loads libseccomp
+        seccomp.load_library()
     if process.get("terminal"):
         import socket  # noqa: F401
 

@@ -160,9 +160,17 @@ def _strerror(rc: int) -> str:
     return os.strerror(-rc) if rc < 0 else f"error {rc}"
 
 
+# Syscall numbers by name, as libseccomp resolved them in this process (or in the
+# process it was forked from: the engine's monitor server warms it up).
+_numbers: dict[str, int | None] = {}
+
+
 def _syscall_number(lib: _Lib, name: str) -> int | None:
+    if name in _numbers:
+        return _numbers[name]
     nr = int(lib.resolve_name(name.encode()))
-    return None if nr in (_NR_SCMP_ERROR, _NR_SCMP_UNDEF) else nr
+    number = _numbers[name] = None if nr in (_NR_SCMP_ERROR, _NR_SCMP_UNDEF) else nr
+    return number
 
 
 def _arch_token(lib: _Lib, name: str) -> int:
@@ -328,6 +336,11 @@ def _args(raw: object, at: str) -> list[tuple[int, int, int, int]]:
                 raise RuntimeFailure(f"{here}.{field}: {v!r} is not an unsigned 64-bit integer")
         out.append((index, OPERATORS[op], value, value_two))
     return out
+
+
+def load_library() -> None:
+    """Load libseccomp now (before pivot_root puts the host's libraries out of reach)."""
+    _get()
 
 
 def validate(spec: dict) -> None:
