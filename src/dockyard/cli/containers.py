@@ -42,7 +42,6 @@ def _create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-add", action="append", default=[])
     p.add_argument("--cap-drop", action="append", default=[])
     p.add_argument("--security-opt", action="append", default=[])
-    p.add_argument("--network", "--net", default="none")
     p.add_argument("-m", "--memory")
     p.add_argument("--cpus")
     p.add_argument("--pids-limit", type=int)
@@ -50,9 +49,10 @@ def _create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--volume", action="append", default=[])
     p.add_argument("--mount", action="append", default=[])
     p.add_argument("--tmpfs", action="append", default=[])
-    from dockyard.cli import runflags
+    from dockyard.cli import netflags, runflags
 
     runflags.add_flags(p)
+    netflags.add_flags(p)
     p.add_argument("image")
     p.add_argument("command", nargs="...")
 
@@ -119,8 +119,6 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         resources["cpu"] = {"quota": int(cpus * 100000), "period": 100000}
     if args.pids_limit:
         resources["pids"] = {"limit": args.pids_limit}
-    if args.network not in ("none", "host"):
-        raise UsageError(f'--network "{args.network}": only none and host exist so far')
     labels = dict(label.partition("=")[::2] for label in args.label)
     nnp = False
     seccomp: dict[str, object] | str = "default"
@@ -137,7 +135,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
                 f'invalid --security-opt "{opt}": use no-new-privileges, seccomp=unconfined '
                 "or seccomp=PROFILE.json"
             )
-    return RunOptions(
+    opts = RunOptions(
         command=list(args.command) or None,
         entrypoint=shlex.split(args.entrypoint) if args.entrypoint is not None else None,
         env=env,
@@ -156,6 +154,10 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         mount_specs=_mount_specs(args),
         seccomp=seccomp,
     )
+    from dockyard.cli import netflags
+
+    netflags.apply(args, opts)
+    return opts
 
 
 def _mount_specs(args: argparse.Namespace) -> list[MountSpec]:

@@ -22,7 +22,9 @@ def describe(err: Exception) -> str | None:
     from dockyard.storage.content import ContentError
     from dockyard.storage.leases import LeaseError
 
-    user_errors = (
+    network_errors = _network_errors()
+
+    user_errors: tuple[type[Exception], ...] = (
         UsageError,
         ReferenceError,
         ChangeError,
@@ -32,12 +34,23 @@ def describe(err: Exception) -> str | None:
         SpecError,
         ContentError,
         LeaseError,
+        *network_errors,
     )
     if isinstance(err, user_errors):
         return str(err)
     if isinstance(err, OSError) and err.strerror:
         return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
     return None
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    from dockyard.engine.networking import NetworkOptionError
+    from dockyard.network.links import LinkError
+    from dockyard.network.nft import NftError
+    from dockyard.network.ports import PortSpecError
+    from dockyard.network.store import NetworkError
+
+    return (NetworkOptionError, LinkError, NftError, PortSpecError, NetworkError)
 
 
 def for_each(names: Iterable[str], action: Callable[[str], None]) -> int:

@@ -103,6 +103,7 @@ def _size(n: int) -> str:
 
 def ps_row(engine: Engine, c: Container, no_trunc: bool, with_size: bool) -> dict[str, str]:
     from dockyard.cli.containers import _ago, status_line
+    from dockyard.engine.networking import ports_column
 
     command = " ".join(c.command)
     if not no_trunc and len(command) > 20:
@@ -126,7 +127,7 @@ def ps_row(engine: Engine, c: Container, no_trunc: bool, with_size: bool) -> dic
         "Command": f'"{command}"',
         "CreatedAt": _created_at(c.created),
         "RunningFor": f"{_ago(c.created)} ago",
-        "Ports": "",
+        "Ports": ports_column(engine.conn, c, c.status() in ("running", "paused", "restarting")),
         "State": c.status(),
         "Status": status_line(c),
         "Size": size,
@@ -139,15 +140,9 @@ def ps_row(engine: Engine, c: Container, no_trunc: bool, with_size: bool) -> dic
 
 
 def _network(c: Container) -> str:
-    import json
-    import os
-
-    try:
-        with open(os.path.join(c.dir, "config.json"), "rb") as f:
-            namespaces = (json.load(f).get("linux") or {}).get("namespaces") or []
-    except (OSError, ValueError):
-        return ""
-    return "none" if any(n.get("type") == "network" for n in namespaces) else "host"
+    mode = c.config.get("NetworkMode") or "none"
+    endpoints = c.config.get("EndpointsConfig") or {}
+    return ",".join(endpoints) if endpoints else mode
 
 
 def ps(engine: Engine, args: argparse.Namespace) -> int:

@@ -52,6 +52,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "diff": ("copy", "show the changes to a container's file system"),
     "version": ("system", "show the dockyard version information"),
     "volume": ("volumes", "manage volumes: create, ls, inspect, rm, prune"),
+    "network": ("networks", "manage networks: create, ls, inspect, rm, prune, connect, …"),
+    "port": ("networks", "list a container's published ports"),
 }
 
 

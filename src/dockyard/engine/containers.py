@@ -284,11 +284,27 @@ class Engine:
             from dockyard.engine import hostconfig
 
             extras = hostconfig.finish(config, plan.options, image.config)
+            from dockyard.engine import networking
+
+            net = networking.plan(self.conn, plan.options, image.config, self.get)
             directory = os.path.join(self.root, "containers", container_id)
             self.images.snapshots.prepare(f"container-{container_id}", top)
         try:
             os.makedirs(os.path.join(directory, "rootfs"), 0o711)
             from dockyard.runtime.state import write_atomic
+
+            joined = net["NetworkMode"].removeprefix("container:")
+            other = (
+                os.path.join(self.root, "containers", joined)
+                if joined != net["NetworkMode"]
+                else None
+            )
+            taken = {m["destination"] for m in config["mounts"]}
+            config["mounts"] += [
+                m
+                for m in networking.file_mounts(directory, net["NetworkMode"], other)
+                if m["destination"] not in taken
+            ]
 
             write_atomic(os.path.join(directory, "config.json"), json.dumps(config).encode())
             record = {
@@ -306,6 +322,7 @@ class Engine:
                 "Hostname": config["hostname"],
                 "Mounts": plan.records,
                 **extras,
+                **net,
             }
             if "Healthcheck" in extras:  # the monitor starts a health checker when it sees it
                 write_atomic(
@@ -423,6 +440,13 @@ class Engine:
                 os.unlink(os.path.join(container.dir, stale))
             except FileNotFoundError:
                 pass
+        from dockyard.engine import networking
+
+        try:
+            attachments = networking.prepare(self.root, self.conn, container)
+        except BaseException:
+            self._unmount_rootfs(container)
+            raise
         spec = MonitorSpec(
             container.id,
             bundle=container.dir,
@@ -434,6 +458,7 @@ class Engine:
             replay=attach,
             auto_remove=bool(container.config.get("AutoRemove")),
             state_root=self.root,
+            networks=attachments,
             **monitor_options(container.config.get("LogConfig"), container.log_path),
         )
         starter, self._spare = self._spare, None
@@ -443,6 +468,7 @@ class Engine:
             else:
                 spawn_monitor(spec, starter=starter)
         except BaseException:
+            networking.release(self.root, self.conn, container.id)
             self._unmount_rootfs(container)
             raise
         return container
@@ -585,6 +611,9 @@ class Engine:
 
     def _remove_stopped(self, container: Container, volumes: bool) -> None:
         self._unmount_rootfs(container)
+        from dockyard.engine import networking
+
+        networking.release(self.root, self.conn, container.id)  # (a monitor that died)
         from dockyard.runtime import container as runtime
         from dockyard.runtime.state import StateRoot
 

@@ -116,6 +116,7 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
     )
     policy = record.get("RestartPolicy") or {}
     privileged = _is_privileged(linux)
+    from dockyard.engine.networking import network_settings
     from dockyard.engine.spec import DOCKER_CAPABILITIES
 
     defaults = set(DOCKER_CAPABILITIES)
@@ -147,9 +148,9 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
         "Args": args[1:],
         "State": state,
         "Image": container.image_id,
-        "ResolvConfPath": "",
-        "HostnamePath": "",
-        "HostsPath": "",
+        "ResolvConfPath": _file(container.dir, "resolv.conf"),
+        "HostnamePath": _file(container.dir, "hostname"),
+        "HostsPath": _file(container.dir, "hosts"),
         "LogPath": "" if log_config["Type"] == "none" else container.log_path,
         "Name": "/" + container.name,
         "RestartCount": int(monitor.get("restart_count") or exit_info.get("restart_count") or 0),
@@ -162,8 +163,14 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
         "HostConfig": {
             "Binds": None,
             "LogConfig": log_config,
-            "NetworkMode": "host" if "network" not in namespaces else "none",
-            "PortBindings": {},
+            "NetworkMode": record.get("NetworkMode")
+            or ("host" if "network" not in namespaces else "none"),
+            "PortBindings": record.get("PortBindings") or {},
+            "PublishAllPorts": bool(record.get("PublishAllPorts")),
+            "Dns": record.get("Dns") or [],
+            "DnsOptions": record.get("DnsOptions") or [],
+            "DnsSearch": record.get("DnsSearch") or [],
+            "ExtraHosts": record.get("ExtraHosts") or None,
             "RestartPolicy": {
                 "Name": policy.get("name", "no"),
                 "MaximumRetryCount": int(policy.get("maximum_retry_count") or 0),
@@ -212,17 +219,15 @@ def container_document(engine: Engine, container: Container) -> dict[str, Any]:
             **({"StopSignal": record["StopSignal"]} if record.get("StopSignal") else {}),
             **({"StopTimeout": record["StopTimeout"]} if "StopTimeout" in record else {}),
         },
-        "NetworkSettings": {
-            "Bridge": "",
-            "SandboxID": "",
-            "Ports": {},
-            "Gateway": "",
-            "IPAddress": "",
-            "IPPrefixLen": 0,
-            "MacAddress": "",
-            "Networks": {},
-        },
+        "NetworkSettings": network_settings(
+            engine.conn, container, status in ("running", "paused", "restarting")
+        ),
     }
+
+
+def _file(directory: str, name: str) -> str:
+    path = os.path.join(directory, name)
+    return path if os.path.exists(path) else ""
 
 
 def image_document(image: Image) -> dict[str, Any]:

@@ -209,6 +209,13 @@ class Monitor:
         try:
             self._supervise_runs(streams)
         finally:
+            if self.spec.networks and self.spec.state_root:
+                try:  # addresses, ports and rules back before anyone waits on us
+                    from dockyard.engine.networking import release_in_monitor
+
+                    release_in_monitor(self.spec.state_root, self.spec.container_id)
+                except Exception:
+                    pass  # `rm` and `system check --repair` release what is left
             if self.spec.auto_remove and self.spec.state_root:
                 from dockyard.engine.autoremove import spawn
 
@@ -291,6 +298,8 @@ class Monitor:
                     container.create(
                         self.root, self.spec.container_id, self.spec.bundle, opts, helper
                     )
+                if self.spec.networks:
+                    self._attach_networks()
                 state = container.start(self.root, self.spec.container_id)
             except BaseException:
                 try:
@@ -316,6 +325,14 @@ class Monitor:
 
             spawn(self.spec.container_dir, self.spec.runtime_root, self.spec.container_id, self.pid)
         return {out_r: "stdout", err_r: "stderr"}
+
+    def _attach_networks(self) -> None:
+        """veth pairs into the created container's network namespace, before it starts."""
+        from dockyard.network import links
+
+        pid = self.root.load(self.spec.container_id).pid
+        for attachment in self.spec.networks:
+            links.attach(pid, **attachment)
 
     def _delete(self) -> None:
         from dockyard.runtime import container

@@ -47,11 +47,15 @@ class MonitorSpec:
         replay: bool = False,
         auto_remove: bool = False,
         state_root: str | None = None,
+        networks: list[dict[str, Any]] | None = None,
     ) -> None:
         def at(value: str | None, name: str) -> str:
             return os.path.abspath(value or os.path.join(container_dir, name))
 
         self.container_id = container_id
+        # links.attach keyword arguments, one per network: made between the
+        # runtime's create and start; released (engine.networking) at the end.
+        self.networks = list(networks or [])
         self.bundle = os.path.abspath(bundle)
         self.runtime_root = os.path.abspath(runtime_root)
         self.container_dir = os.path.abspath(container_dir)

@@ -117,7 +117,7 @@ class RunOptions:
         cap_add: list[str] | None = None,
         cap_drop: list[str] | None = None,
         no_new_privileges: bool = False,
-        network: str = "none",
+        network: str = "bridge",
         resources: dict[str, Any] | None = None,
         mounts: list[dict[str, Any]] | None = None,
         sysctls: dict[str, str] | None = None,
@@ -126,6 +126,15 @@ class RunOptions:
         labels: dict[str, str] | None = None,
         mount_specs: list[MountSpec] | None = None,
         seccomp: dict[str, Any] | str = "default",
+        publish: list[tuple[str, str, int, int]] | None = None,
+        publish_all: bool = False,
+        expose: list[str] | None = None,
+        dns: list[str] | None = None,
+        dns_search: list[str] | None = None,
+        dns_options: list[str] | None = None,
+        extra_hosts: list[str] | None = None,
+        network_aliases: list[str] | None = None,
+        ip: str | None = None,
     ) -> None:
         self.command = command
         self.entrypoint = entrypoint
@@ -152,6 +161,16 @@ class RunOptions:
         self.seccomp = seccomp
         # -v/--mount/--tmpfs as parsed (engine.mountspec); the engine turns them into `mounts`
         self.mount_specs = mount_specs or []
+        # Networking (engine/networking.py): (proto, host_ip, host_port or 0, port) per -p.
+        self.publish = publish or []
+        self.publish_all = publish_all
+        self.expose = expose or []  # "80/tcp" keys, as in an image's ExposedPorts
+        self.dns = dns or []
+        self.dns_search = dns_search or []
+        self.dns_options = dns_options or []
+        self.extra_hosts = extra_hosts or []  # "name:address"
+        self.network_aliases = network_aliases or []
+        self.ip = ip
 
 
 class SpecError(ValueError):

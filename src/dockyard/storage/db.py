@@ -129,6 +129,46 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX lease_resources_name ON lease_resources(kind, name);
     """,
+    # 4: networks (network/store.py): bridges, the addresses handed out while
+    # containers run (endpoints), and the host ports published to them
+    """
+    CREATE TABLE networks (
+        id       TEXT PRIMARY KEY,                 -- 64 hex digits
+        name     TEXT NOT NULL UNIQUE,
+        driver   TEXT NOT NULL DEFAULT 'bridge',
+        bridge   TEXT NOT NULL UNIQUE,             -- the Linux bridge's name
+        subnet   TEXT NOT NULL,                    -- "10.88.0.0/16"
+        gateway  TEXT NOT NULL,                    -- "10.88.0.1" (the bridge's address)
+        ip_range TEXT,                             -- addresses handed out come from here
+        internal INTEGER NOT NULL DEFAULT 0,
+        options  TEXT NOT NULL DEFAULT '{}',
+        labels   TEXT NOT NULL DEFAULT '{}',
+        created  TEXT NOT NULL
+    );
+    CREATE TABLE endpoints (
+        network_id   TEXT NOT NULL REFERENCES networks(id),
+        container_id TEXT NOT NULL,
+        ip           TEXT NOT NULL,
+        mac          TEXT NOT NULL,
+        aliases      TEXT NOT NULL DEFAULT '[]',   -- names it answers to on this network
+        host_ifname  TEXT NOT NULL,                -- the host end of its veth pair
+        created      TEXT NOT NULL,
+        PRIMARY KEY (network_id, container_id),
+        UNIQUE (network_id, ip)                    -- no address is ever handed out twice
+    ) WITHOUT ROWID;
+    CREATE INDEX endpoints_container ON endpoints(container_id);
+    CREATE TABLE port_mappings (
+        container_id   TEXT NOT NULL,
+        proto          TEXT NOT NULL CHECK (proto IN ('tcp', 'udp', 'sctp')),
+        host_ip        TEXT NOT NULL,              -- "" for every address
+        host_port      INTEGER NOT NULL,
+        container_port INTEGER NOT NULL,
+        container_ip   TEXT NOT NULL,
+        bridge         TEXT NOT NULL,
+        PRIMARY KEY (proto, host_ip, host_port)
+    ) WITHOUT ROWID;
+    CREATE INDEX port_mappings_container ON port_mappings(container_id);
+    """,
 ]
 
 
