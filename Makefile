@@ -48,10 +48,12 @@ bytecode: venv
 
 images: venv
 	$(VPY) scripts/build_test_images.py --cache $(CACHE)
+	$(VPY) scripts/debian_images.py --cache $(CACHE)
 
 demo: venv bytecode images
 	$(VPY) scripts/demo.py --cache $(CACHE)
 	$(VPY) scripts/demo_engine.py --cache $(CACHE)
+	$(VPY) scripts/demo_walkthrough.py --cache $(CACHE)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench scripts

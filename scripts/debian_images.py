@@ -11,14 +11,15 @@ VERSION_CODENAME of /etc/os-release, so no internet is needed beyond what apt
 on the host already uses.
 
 The key of the base is the sha256 of BUILD_VERSION, its shell recipe, the
-mirror, the suite and the architecture; the nginx key adds its own recipe to
-the base key. A rerun with the cache present reads two small files and hashes
-a few kB: no network. A build runs in a temp directory in the cache under a
-lock (parallel test workers wait for one builder) and is renamed into place
-as its last step, so a crash never leaves a half entry under the final name.
-The recipes run in their own mount and PID namespaces: every mount they make
-(debootstrap's, the /proc of the nginx install) is gone when they end, even
-on a crash, and all their processes die with the builder.
+mirror, the suite, the image's apt sources (the host's sources for the suite,
+-updates and -security) and the architecture; the nginx key adds its own
+recipe to the base key. A rerun with the cache present reads two small files
+and hashes a few kB: no network. A build runs in a temp directory in the cache
+under a lock (parallel test workers wait for one builder) and is renamed into
+place as its last step, so a crash never leaves a half entry under the final
+name. The recipes run in their own mount and PID namespaces: every mount they
+make (debootstrap's, the /proc and /dev of the apt-get runs) is gone when they
+end, even on a crash, and all their processes die with the builder.
 
 `import_debian` / `import_nginx` import the tars into a dockyard state root as
 docker.io/library/debian:<suite> and docker.io/library/nginx:latest with the
@@ -98,7 +99,7 @@ apt_in() {
         # shellcheck disable=SC2086
         chroot "$r" /usr/bin/env -i HOME=/root LC_ALL=C DEBIAN_FRONTEND=noninteractive \
             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-            apt-get -q -y -o Acquire::Check-Valid-Until=false $args
+            apt-get -q -y -o Acquire::Check-Valid-Until=false -o Acquire::Languages=none $args
     done
     umount "$r/dev" "$r/proc"
     rm -f "$r/usr/sbin/policy-rc.d"

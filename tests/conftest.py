@@ -26,6 +26,22 @@ def busybox_image() -> test_images.BusyboxImage:
     return test_images.busybox_image(TEST_CACHE)
 
 
+@pytest.fixture(scope="session")
+def debian_image() -> Path:
+    """The tar of the Debian minbase root file system (scripts/debian_images.py); read-only."""
+    from scripts import debian_images  # on first use: it builds from the Debian mirror
+
+    return debian_images.debian_base(TEST_CACHE)
+
+
+@pytest.fixture(scope="session")
+def nginx_image() -> Path:
+    """The tar of the nginx root file system (Debian + nginx-light); read-only."""
+    from scripts import debian_images
+
+    return debian_images.nginx_rootfs(TEST_CACHE)
+
+
 @pytest.fixture
 def bundle(tmp_path: Path, busybox_image: test_images.BusyboxImage) -> Path:
     """A fresh bundle with a private, writable copy of the busybox rootfs (args: `sh`)."""

@@ -144,7 +144,7 @@ def test_ps_filters_and_formats(dy: Dockyard) -> None:
     assert table[1].split() == [two[:12], "two", "running"]
     doc = json.loads(dy("ps", "-a", "--filter", "name=one", "--format", "{{json .}}").stdout)
     assert doc["ID"] == one[:12] and doc["State"] == "exited" and doc["Labels"] == "tier=db"
-    assert doc["Status"].startswith("Exited (3)") and doc["Networks"] == "none"
+    assert doc["Status"].startswith("Exited (3)") and doc["Networks"] == "bridge"
     assert set(doc) >= {"Command", "CreatedAt", "RunningFor", "Ports", "Size", "Mounts", "Image"}
     dy("exec", two, "sh", "-c", "head -c 300000 /dev/zero > /big")
     sized = dy("ps", "-s", "--format", "{{.Size}}").stdout.strip()

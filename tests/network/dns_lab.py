@@ -38,7 +38,9 @@ UPSTREAM_ADDRESS = "192.0.2.77"
 
 
 def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
 
 def free_subnets(count: int) -> list[int]:
@@ -287,7 +289,10 @@ def ask(
 
 def addresses(response: dns.message.Message, rdtype: str = "A") -> list[str]:
     return sorted(
-        rdata.to_text() for rrset in response.answer if rrset.rdtype.name == rdtype for rdata in rrset
+        rdata.to_text()
+        for rrset in response.answer
+        if rrset.rdtype.name == rdtype
+        for rdata in rrset
     )
 
 

@@ -50,6 +50,10 @@ def nft_tables() -> list[str]:
     return out.stdout.split()
 
 
+def have(tool: str) -> bool:
+    return os.access(nft._tool(tool), os.X_OK)
+
+
 def match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
     return {"match": {"op": op, "left": left, "right": right}}
 
@@ -323,7 +327,7 @@ def test_other_tables_are_left_alone(table: str) -> None:
 def test_without_libnftables_the_nft_command_is_used(
     table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if shutil.which(nft.NFT) is None:
+    if not have(nft.NFT):
         pytest.skip("no nft command")
     monkeypatch.setattr(nft, "_nft", None)
     monkeypatch.setattr(nft, "LIBRARY", "libnftables-missing.so.0")
@@ -379,7 +383,7 @@ def test_sync_time(table: str) -> None:
 
 @needs_root
 def test_flush_conntrack_arguments() -> None:
-    if shutil.which(nft.CONNTRACK) is None:
+    if not have(nft.CONNTRACK):
         pytest.skip("no conntrack command")
     nft.flush_conntrack("10.213.251.77")  # no entries: fine
     nft.flush_conntrack("fd00:213::77")
@@ -387,6 +391,12 @@ def test_flush_conntrack_arguments() -> None:
         nft.flush_conntrack("10.213.251")
     with pytest.raises(NftError, match="not an IP address"):
         nft.flush_conntrack("fd00::/64 -x")
+
+
+def test_flush_conntrack_without_the_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nft, "CONNTRACK", "/nonexistent/conntrack")
+    with pytest.raises(NftError, match="command not found"):
+        nft.flush_conntrack("10.213.251.77")
 
 
 # ---------------------------------------------------------------- real traffic
@@ -433,11 +443,8 @@ def probe(ip: str, port: int, proto: str) -> str:
         return f"FAIL {e}"
 
 
-PROBE = (
-    "import sys\n"
-    + inspect.getsource(probe).replace(" -> str", "").replace(": str", "").replace(": int", "")
-    + "print(probe(sys.argv[1], int(sys.argv[2]), sys.argv[3]))\n"
-)
+MAIN = "print(probe(sys.argv[1], int(sys.argv[2]), sys.argv[3]))"
+PROBE = f"import sys\n{inspect.getsource(probe)}{MAIN}\n"
 
 SERVICE_PORT = 8080
 
@@ -564,7 +571,7 @@ class Lab:
         for link in self.links + self.bridges:
             if os.path.exists(f"/sys/class/net/{link}"):
                 run("ip", "link", "delete", link, check=False)
-        if shutil.which(nft.CONNTRACK):
+        if have(nft.CONNTRACK):
             for ip in self.ips:
                 nft.flush_conntrack(ip)
 
@@ -675,7 +682,7 @@ def conntrack_count(*args: str) -> int:
 
 def test_flush_conntrack_drops_a_containers_connections(synced: Lab) -> None:
     lab = synced
-    if shutil.which(nft.CONNTRACK) is None:
+    if not have(nft.CONNTRACK):
         pytest.skip("no conntrack command")
     a = lab.ip["a"]
     assert lab.probe(None, "127.0.0.1", lab.host_port, "udp").startswith("a ")

@@ -101,4 +101,37 @@ def container_changes(engine: Engine, name: str) -> list[tuple[str, str]]:
 
     container = engine.get(name)
     upper, lowers, _ = layer_dirs(engine, container)
-    return layer_changes(upper, lowers)
+    return without_mount_points(layer_changes(upper, lowers), upper, lowers)
+
+
+# Where the engine bind-mounts the container's own files; the runtime creates the
+# mount points when the image lacks them. Docker keeps them in an "init" layer
+# under the container's, so `diff` and `commit` never show them.
+MOUNT_POINTS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+
+def without_mount_points(
+    changes: list[tuple[str, str]], upper: str, lowers: list[str]
+) -> list[tuple[str, str]]:
+    """`changes` less the mount points of MOUNT_POINTS (when they are empty files), and
+    less /etc when making them is all that changed its entries (mode and owner as below)."""
+    hidden = set()
+    for path in MOUNT_POINTS:
+        st = _lstat(upper + path)
+        if st is not None and st.st_size == 0:
+            hidden.add(path)
+    kept = [(kind, path) for kind, path in changes if path not in hidden]
+    # /etc's mtime moved when the mount points were made; other entries added to or
+    # deleted from /etc itself would move it too, and then it stays listed.
+    entries_changed = any(
+        kind in ("A", "D") and path.startswith("/etc/") and "/" not in path[5:]
+        for kind, path in kept
+    )
+    if hidden and not entries_changed:
+        above = _lstat(upper + "/etc")
+        below = next((st for st in (_lstat(d + "/etc") for d in lowers) if st is not None), None)
+        if above is not None and below is not None and (
+            above.st_mode, above.st_uid, above.st_gid
+        ) == (below.st_mode, below.st_uid, below.st_gid):
+            kept = [(kind, path) for kind, path in kept if path != "/etc"]
+    return kept

@@ -42,7 +42,6 @@ LOG_FILE = "dns.log"
 RESOLV_CONF = "/etc/resolv.conf"
 IDLE_EXIT = 10.0
 LOG_MAX = 1 << 20  # the log is emptied at start when it grew past this
-_MARK = b"dockyard.network.dns"  # in every server's command line
 _SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -182,28 +181,38 @@ def _pid_path(root: str) -> str:
     return os.path.join(root, PID_FILE)
 
 
-def _read_pid(root: str) -> int | None:
-    """The pid in dns.pid when that process is a DNS server, else None."""
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (pids are reused; this pair is not), None if gone."""
     try:
-        with open(_pid_path(root), "rb") as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
     except OSError:
         return None
-    return pid if _MARK in cmdline else None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def _read_pid(root: str) -> int | None:
+    """The pid in dns.pid when that process still runs (same start time), else None."""
+    try:
+        with open(_pid_path(root), "rb") as f:
+            words = f.read().split()
+        pid, start = int(words[0]), int(words[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid <= 0 or _start_time(pid) != start:
+        return None
+    return pid
 
 
 def _write_pid(root: str, pid: int) -> None:
+    """dns.pid: `PID START_TIME`."""
     path = _pid_path(root)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        f.write(f"{pid}\n")
+        f.write(f"{pid} {_start_time(pid) or 0}\n")
     os.replace(tmp, path)
 
 
@@ -213,9 +222,9 @@ def _remove_pid(root: str, pid: int | None = None) -> None:
     if pid is not None:
         try:
             with open(path, "rb") as f:
-                if int(f.read().strip() or 0) != pid:
+                if int(f.read().split()[0]) != pid:
                     return
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             return
     try:
         os.unlink(path)
@@ -309,7 +318,6 @@ def main(argv: list[str] | None = None) -> None:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             sys.exit(f"dockyard-dns: a DNS server for {root} is already running")
-        _write_pid(root, pid)
 
     from dockyard.network.dns_server import FORWARD_TIMEOUT, Server
 
@@ -329,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda _s, _f: server.request_stop())
     signal.set_wakeup_fd(server.wake_w.fileno(), warn_on_full_buffer=False)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGHUP])
+    if _read_pid(root) != pid:  # a starter that died before writing it, or one by hand
+        _write_pid(root, pid)
     server.log(f"serving {root} on port {args.port}")
     try:
         for _ in range(1_000_000):

@@ -135,6 +135,7 @@ class Server:
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake)
         self.reload_requested = False
         self.stop_requested = False
+        self.errors = 0
 
     # ------------------------------------------------------------ control
 
@@ -219,7 +220,12 @@ class Server:
                 self.reload_requested = False
                 if self.db_gone():
                     return "gone"
-                if self.sync():
+                try:
+                    serving = self.sync()
+                except Exception as exc:  # the DB, most likely: try again next time
+                    self.log(f"cannot read the networks: {exc}")
+                    serving = set(self.listeners)
+                if serving:
                     idle_since = None
                 elif idle_since is None:
                     idle_since = now
@@ -249,7 +255,7 @@ class Server:
                 except OSError:
                     pass
 
-            self.handle(wire, gateway, reply, tcp=False)
+            self.guarded(wire, gateway, reply, tcp=False)
 
     # ------------------------------------------------------------ TCP
 
@@ -289,12 +295,30 @@ class Server:
                 wire = _recv_exact(conn, struct.unpack(">H", head)[0])
                 if wire is None:
                     return
-                self.handle(wire, gateway, reply, tcp=True, inline=True)
+                self.guarded(wire, gateway, reply, tcp=True, inline=True)
         finally:
             conn.close()
             self.workers.release()
 
     # ------------------------------------------------------------ queries
+
+    def guarded(
+        self,
+        wire: bytes,
+        gateway: str,
+        reply: Callable[[bytes], None],
+        tcp: bool,
+        inline: bool = False,
+    ) -> None:
+        """`handle`, and a SERVFAIL instead of the server's end when it fails."""
+        try:
+            self.handle(wire, gateway, reply, tcp, inline)
+        except Exception as exc:
+            self.errors += 1
+            if self.errors <= 100:  # a query that trips us up may come again and again
+                self.log(f"query on {gateway} failed: {exc!r}")
+            if len(wire) >= 12:
+                reply(_error_reply(wire, dns.rcode.SERVFAIL))
 
     def handle(
         self,

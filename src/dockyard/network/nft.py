@@ -91,7 +91,11 @@ class BridgeNet:
 
 
 class PortRule:
-    """A published port: host_ip "" (or 0.0.0.0) means every host address."""
+    """A published port: host_ip "" (or 0.0.0.0) means every host address.
+
+    `bridge` (the container's network) is carried for the caller; the DNAT rule
+    does not need it.
+    """
 
     __slots__ = ("bridge", "container_ip", "container_port", "host_ip", "host_port", "proto")
 
@@ -235,7 +239,6 @@ def render(nets: list[BridgeNet], ports: list[PortRule], table: str = TABLE) -> 
             raise NftError(f"{what}: protocol must be one of {', '.join(PROTOCOLS)}")
         _port(p.host_port, what)
         _port(p.container_port, what)
-        _ifname(p.bridge, what)
         host_ip = "" if p.host_ip == "0.0.0.0" else p.host_ip
         if _is_ipv6(host_ip) or _is_ipv6(p.container_ip):
             continue
@@ -289,7 +292,7 @@ def render(nets: list[BridgeNet], ports: list[PortRule], table: str = TABLE) -> 
 
 
 class _Nft:
-    """One libnftables context (JSON in, JSON out); `None` when the library is missing."""
+    """One libnftables context, JSON in and out; OSError when the library can't be loaded."""
 
     def __init__(self) -> None:
         import ctypes
@@ -359,12 +362,23 @@ def _one_line(err: str, fallback: str) -> str:
     return lines[0] if lines else fallback
 
 
+def _tool(name: str) -> str:
+    """`name` on PATH, else in /usr/sbin (a user's PATH on Debian lacks it)."""
+    import shutil
+
+    return shutil.which(name) or os.path.join("/usr/sbin", name)
+
+
 def _run_cli(command: bytes) -> tuple[int, str, str]:
     import subprocess
 
     try:
         proc = subprocess.run(
-            [NFT, "-j", "-f", "-"], input=command, capture_output=True, timeout=60, check=False
+            [_tool(NFT), "-j", "-f", "-"],
+            input=command,
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
     except FileNotFoundError:
         raise NftError("nftables: neither libnftables nor the nft command is available") from None
@@ -433,32 +447,30 @@ def flush_conntrack(ip: str) -> None:
             raise NftError(f"conntrack: {ip!r} is not an IP address")
     else:
         _ipv4(ip, "conntrack")
-    procs: list[subprocess.Popen[bytes]] = []
+    conntrack = _tool(CONNTRACK)
+    # One run at a time: runs side by side race (one deletes what another has just
+    # listed, and that one stops at "such conntrack doesn't exist"); so does the
+    # kernel expiring an entry, hence a few tries.
     for flag in ("-s", "-d", "--reply-src", "--reply-dst"):
-        try:
-            procs.append(
-                subprocess.Popen(
-                    [CONNTRACK, "-D", flag, ip],
+        for _attempt in range(3):
+            try:
+                proc = subprocess.run(
+                    [conntrack, "-D", flag, ip],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
+                    timeout=30,
+                    check=False,
                 )
-            )
-        except FileNotFoundError:
-            break
-    errors = [] if len(procs) == 4 else ["command not found (install the conntrack package)"]
-    for proc in procs:
-        try:
-            _, raw = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            errors.append("no answer in 30 s")
-            continue
-        err = raw.decode("utf-8", "replace")
-        if proc.returncode != 0 and "0 flow entries" not in err:
-            # "conntrack v1.4.7 (conntrack-tools): Invalid IP address `x'"
-            line = _one_line(err, f"failed (status {proc.returncode})")
-            errors.append(line.partition("(conntrack-tools): ")[2] or line)
-    if errors:
-        raise NftError(f"conntrack: cannot flush {ip}: {errors[0]}")
+            except FileNotFoundError:
+                raise NftError("conntrack: command not found (install conntrack)") from None
+            except subprocess.TimeoutExpired:
+                raise NftError(f"conntrack: cannot flush {ip}: no answer in 30 s") from None
+            err = proc.stderr.decode("utf-8", "replace")
+            if proc.returncode == 0 or "0 flow entries" in err:  # none matched: fine
+                break
+            if "doesn't exist" not in err:
+                # "conntrack v1.4.7 (conntrack-tools): Invalid IP address `x'"
+                line = _one_line(err, f"failed (status {proc.returncode})")
+                why = line.partition("(conntrack-tools): ")[2] or line
+                raise NftError(f"conntrack: cannot flush {ip}: {why}")
