@@ -46,3 +46,22 @@ def nginx_image() -> Path:
 def bundle(tmp_path: Path, busybox_image: test_images.BusyboxImage) -> Path:
     """A fresh bundle with a private, writable copy of the busybox rootfs (args: `sh`)."""
     return test_images.make_bundle(busybox_image, tmp_path / "bundle")
+
+
+def teardown_network(root: Path) -> None:
+    """A test root's bridges, nft table and DNS server gone (containers removed first);
+    no endpoint or published port may be left in its DB."""
+    if not (root / "dockyard.db").exists():
+        return
+    from dockyard.engine.networking import teardown_root
+    from dockyard.storage import db
+
+    conn = db.open_db(str(root))
+    try:
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM endpoints) + (SELECT count(*) FROM port_mappings)"
+        ).fetchone()[0]
+        teardown_root(str(root), conn)
+    finally:
+        conn.close()
+    assert left == 0, f"{left} endpoints/port mappings left in {root}"

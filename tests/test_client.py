@@ -9,6 +9,7 @@ import pytest
 from scripts.test_images import BusyboxImage
 
 import dockyard
+from tests.conftest import teardown_network
 
 
 @pytest.fixture
@@ -18,6 +19,8 @@ def client(tmp_path: Path, busybox_image: BusyboxImage) -> Iterator[dockyard.Cli
     yield c
     for container in c.containers.list(all=True):
         container.remove(force=True)
+    c.close()
+    teardown_network(tmp_path / "root")
 
 
 def test_run_returns_output_and_removes(client: dockyard.Client) -> None:

@@ -9,6 +9,7 @@ import pytest
 from scripts.test_images import BusyboxImage
 
 from tests.cli.dockyard_helper import Dockyard
+from tests.conftest import teardown_network
 
 
 @pytest.fixture
@@ -19,6 +20,7 @@ def dy(tmp_path: Path, busybox_image: BusyboxImage) -> Iterator[Dockyard]:
     ids = d("ps", "-aq", "--no-trunc", check=False).stdout.split()
     if ids:
         d("rm", "-f", *ids, check=False)
+    teardown_network(tmp_path / "root")
     leftovers = [
         line
         for line in Path("/proc/self/mountinfo").read_text().splitlines()

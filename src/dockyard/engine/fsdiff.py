@@ -130,8 +130,11 @@ def without_mount_points(
     if hidden and not entries_changed:
         above = _lstat(upper + "/etc")
         below = next((st for st in (_lstat(d + "/etc") for d in lowers) if st is not None), None)
-        if above is not None and below is not None and (
-            above.st_mode, above.st_uid, above.st_gid
-        ) == (below.st_mode, below.st_uid, below.st_gid):
+        if (
+            above is not None
+            and below is not None
+            and (above.st_mode, above.st_uid, above.st_gid)
+            == (below.st_mode, below.st_uid, below.st_gid)
+        ):
             kept = [(kind, path) for kind, path in kept if path != "/etc"]
     return kept

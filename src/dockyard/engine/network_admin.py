@@ -22,7 +22,16 @@ def _store(engine: Engine) -> NetworkStore:
 
 
 def create(engine: Engine, name: str, **kwargs: Any) -> Network:
-    return _store(engine).create(name, **kwargs)
+    """The network and its bridge (made now, as Docker does: its route then keeps
+    later networks, also other state roots', off its subnet)."""
+    store = _store(engine)
+    network = store.create(name, **kwargs)
+    try:
+        networking_bridge(network)
+    except BaseException:
+        store.remove(network)
+        raise
+    return network
 
 
 def networks(engine: Engine) -> list[Network]:

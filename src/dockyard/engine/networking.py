@@ -323,13 +323,13 @@ def _host_resolv() -> tuple[list[str], list[str], list[str]]:
 # ------------------------------------------------------------------ rules and release
 
 
-def sync_rules(root: str, conn: sqlite3.Connection) -> None:
+def sync_rules(root: str, conn: sqlite3.Connection, force: bool = False) -> None:
     """dockyard's nft table made to match the DB (under a lock, so the last sync wins
-    with the latest state)."""
+    with the latest state); `force`: load it even if it should be in step already."""
     import fcntl
 
     from dockyard.network import nft
-    from dockyard.network.store import NetworkStore
+    from dockyard.network.store import NetworkStore, table_name
 
     lock = os.open(os.path.join(root, "network.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -342,9 +342,45 @@ def sync_rules(root: str, conn: sqlite3.Connection) -> None:
             )
             for p in store.ports()
         ]
-        nft.sync(nets, ports)
+        # Most starts and exits change no rule (no published port, a known network):
+        # the table is loaded only when what it should hold differs from the last load.
+        table = table_name(root)
+        wanted = json.dumps(nft.render(nets, ports, table), sort_keys=True)
+        if force or _last_synced(root) != wanted or not nft.list_rules(table):
+            nft.sync(nets, ports, table)
+            _remember_synced(root, wanted)
     finally:
         os.close(lock)
+
+
+def _last_synced(root: str) -> str:
+    try:
+        with open(os.path.join(root, "network.synced")) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _remember_synced(root: str, doc: str) -> None:
+    from dockyard.runtime.state import write_atomic
+
+    write_atomic(os.path.join(root, "network.synced"), doc.encode(), durable=False)
+
+
+def teardown_root(root: str, conn: sqlite3.Connection) -> None:
+    """Every bridge, the nft table and the DNS server of a state root gone (tests, and
+    `system prune`-like clean-ups; the containers must be gone first)."""
+    from dockyard.network import dns, links, nft
+    from dockyard.network.store import NetworkStore, table_name
+
+    dns.stop(root)
+    for network in NetworkStore(conn).all():
+        links.delete_bridge(network.bridge)
+    nft.delete_table(table_name(root))
+    try:
+        os.unlink(os.path.join(root, "network.synced"))
+    except FileNotFoundError:
+        pass
 
 
 def release(root: str, conn: sqlite3.Connection, container_id: str) -> None:
@@ -366,7 +402,12 @@ def release(root: str, conn: sqlite3.Connection, container_id: str) -> None:
         tracked = _tracked_text()
         stale = [e.ip for e in released if tracked is None or f"={e.ip} " in tracked]
         if stale:
-            _in_background(lambda: [nft.flush_conntrack(ip) for ip in stale])
+
+            def flush() -> None:
+                for ip in stale:
+                    nft.flush_conntrack(ip)
+
+            _in_background(flush)
 
 
 def _in_background(work: Any) -> None:

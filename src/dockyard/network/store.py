@@ -29,6 +29,11 @@ DEFAULT_NETWORK = "bridge"
 DEFAULT_BRIDGE = "dockyard0"
 DEFAULT_SUBNET = "10.77.0.0/16"
 USER_POOL = "10.78.0.0/16"
+# State roots other than the default one (tests, a second dockyard) get their own
+# default bridge, a /24 from here, and their own nft table: two roots never hand
+# out the same address on one bridge, nor replace each other's rules.
+OTHER_ROOTS_POOL = "10.79.0.0/16"
+DEFAULT_ROOT = "/var/lib/dockyard"
 USER_PREFIX = 24
 RESERVED_NAMES = ("bridge", "host", "none")
 EPHEMERAL_PORTS = (32768, 60999)
@@ -163,18 +168,27 @@ class NetworkStore:
         ).fetchone()
         if row is not None:
             return Network(row)
+        tag = root_tag(root_of(self.conn))
         with db.transaction(self.conn) as conn:
             row = conn.execute(
                 "SELECT * FROM networks WHERE name = ?", (DEFAULT_NETWORK,)
             ).fetchone()
             if row is None:
+                if tag:
+                    taken = [
+                        ipaddress.ip_network(r[0])
+                        for r in conn.execute("SELECT subnet FROM networks")
+                    ]
+                    subnet = _free_subnet(taken + _host_networks(), OTHER_ROOTS_POOL)
+                else:
+                    subnet = ipaddress.IPv4Network(DEFAULT_SUBNET)
                 self._insert(
                     conn,
                     db.new_id(),
                     DEFAULT_NETWORK,
-                    DEFAULT_BRIDGE,
-                    DEFAULT_SUBNET,
-                    "10.77.0.1",
+                    f"dy0-{tag}" if tag else DEFAULT_BRIDGE,
+                    str(subnet),
+                    str(next(subnet.hosts())),
                     None,
                     False,
                     {"com.docker.network.bridge.default_bridge": "true"},
@@ -515,12 +529,33 @@ def _parse_range(ip_range: str, net: ipaddress.IPv4Network) -> str:
     return str(rng)
 
 
-def _free_subnet(taken: list[Any]) -> ipaddress.IPv4Network:
-    pool = ipaddress.IPv4Network(USER_POOL)
+def _free_subnet(taken: list[Any], pool_text: str = USER_POOL) -> ipaddress.IPv4Network:
+    pool = ipaddress.IPv4Network(pool_text)
     for candidate in pool.subnets(new_prefix=USER_PREFIX):
         if not any(candidate.overlaps(other) for other in taken):
             return candidate
-    raise NetworkError(f"no free /{USER_PREFIX} left in {USER_POOL}: pass --subnet")
+    raise NetworkError(f"no free /{USER_PREFIX} left in {pool_text}: pass --subnet")
+
+
+def root_of(conn: sqlite3.Connection) -> str:
+    """The state root a metadata connection belongs to (the DB file's directory)."""
+    return os.path.dirname(conn.execute("PRAGMA database_list").fetchone()[2])
+
+
+def root_tag(root: str) -> str:
+    """ "" for the default root; else 8 hex digits naming `root` in bridges and tables."""
+    import hashlib
+
+    real = os.path.realpath(root)
+    if real == DEFAULT_ROOT:
+        return ""
+    return hashlib.sha256(real.encode()).hexdigest()[:8]
+
+
+def table_name(root: str) -> str:
+    """The root's own nft table (`ip dockyard` for the default root)."""
+    tag = root_tag(root)
+    return f"dockyard-{tag}" if tag else "dockyard"
 
 
 def _host_networks() -> list[Any]:
