@@ -613,7 +613,8 @@ class Engine:
         self._unmount_rootfs(container)
         from dockyard.engine import networking
 
-        networking.release(self.root, self.conn, container.id)  # (a monitor that died)
+        # (its veths go with its network namespace: the container is stopped by now)
+        networking.release(self.root, self.conn, container.id, detach=False)
         from dockyard.runtime import container as runtime
         from dockyard.runtime.state import StateRoot
 

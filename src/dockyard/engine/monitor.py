@@ -209,8 +209,10 @@ class Monitor:
         try:
             self._supervise_runs(streams)
         finally:
-            if self.spec.networks and self.spec.state_root:
-                try:  # addresses, ports and rules back before anyone waits on us
+            # Addresses, ports and rules back before anyone waits on us; an AutoRemove
+            # container's removal (run --rm, the remover) releases them a moment later.
+            if self.spec.networks and self.spec.state_root and not self.spec.auto_remove:
+                try:
                     from dockyard.engine.networking import release_in_monitor
 
                     release_in_monitor(self.spec.state_root, self.spec.container_id)

@@ -157,14 +157,87 @@ def attach(
     except LinkError as err:
         detach(host_ifname)
         raise LinkError(f"cannot create veth {host_ifname} on {bridge}: {err}") from None
-    inside = f"addr add {ip}/{prefixlen} dev {container_ifname}\nlink set {container_ifname} up\n"
-    if gateway:
-        inside += f"route add default via {gateway} dev {container_ifname}\n"
     try:
-        _run(inside, netns_pid=pid)
+        _configure_inside(pid, container_ifname, ip, prefixlen, gateway)
     except LinkError as err:
         detach(host_ifname)
         raise LinkError(f"cannot configure {container_ifname} in the container: {err}") from None
+
+
+def _configure_inside(pid: int, ifname: str, ip: str, prefixlen: int, gateway: str | None) -> None:
+    """Address, up, default route of `ifname` in process `pid`'s network namespace: a
+    forked child that joins it and uses the classic ioctls (SIOCSIFADDR,
+    SIOCSIFNETMASK, SIOCSIFFLAGS, SIOCADDRT), ~0.3 ms where an `ip` exec costs 2-3."""
+    err_r, err_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - ends in _exit
+        code = 0
+        try:
+            os.close(err_r)
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            sc.current().setns(fd, sc.CLONE_NEWNET)
+            os.close(fd)
+            _ioctl_configure(ifname, ip, prefixlen, gateway)
+        except BaseException as err:
+            os.write(err_w, f"{getattr(err, 'strerror', None) or err}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(err_w)
+    message = b""
+    while chunk := os.read(err_r, 4096):
+        message += chunk
+    os.close(err_r)
+    _, status = os.waitpid(child, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise LinkError(message.decode(errors="replace") or f"status {status}")
+
+
+def _ioctl_configure(ifname: str, ip: str, prefixlen: int, gateway: str | None) -> None:
+    import _socket
+    import fcntl
+    import struct
+
+    def sockaddr(address: str) -> bytes:  # struct sockaddr_in, 16 bytes
+        return struct.pack("=HH4s8x", _socket.AF_INET, 0, _socket.inet_aton(address))
+
+    mask = (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF
+    name = ifname.encode()
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        fd = sock.fileno()
+        fcntl.ioctl(fd, 0x8916, struct.pack("16s16s8x", name, sockaddr(ip)))  # SIOCSIFADDR
+        netmask = _socket.inet_ntoa(mask.to_bytes(4, "big"))
+        fcntl.ioctl(fd, 0x891C, struct.pack("16s16s8x", name, sockaddr(netmask)))  # NETMASK
+        flags = struct.unpack("16sH22x", fcntl.ioctl(fd, 0x8913, struct.pack("16sH22x", name, 0)))[
+            1
+        ]
+        fcntl.ioctl(fd, 0x8914, struct.pack("16sH22x", name, flags | 1))  # SIOCSIFFLAGS: up
+        if gateway:
+            import ctypes
+
+            # struct rtentry (native layout): pad1, dst, gateway, genmask, flags
+            # (RTF_UP|RTF_GATEWAY), pad2, pad3, pad4, metric, dev, mtu, window, irtt.
+            dev = ctypes.create_string_buffer(name)
+            entry = struct.pack(
+                "@L16s16s16sHhLPhPLLH0L",
+                0,
+                sockaddr("0.0.0.0"),
+                sockaddr(gateway),
+                sockaddr("0.0.0.0"),
+                0x0001 | 0x0002,
+                0,
+                0,
+                0,
+                0,
+                ctypes.addressof(dev),
+                0,
+                0,
+                0,
+            )
+            fcntl.ioctl(fd, 0x890B, entry)  # SIOCADDRT
+    finally:
+        sock.close()
 
 
 def detach(host_ifname: str) -> None:
