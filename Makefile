@@ -8,7 +8,7 @@ VENV        := .venv
 VPY         := $(VENV)/bin/python
 DEB_PKGS    := python3 python3-venv ca-certificates iproute2 libseccomp2 busybox-static \
                runc crun umoci podman conmon uidmap skopeo hyperfine time tini \
-               nftables conntrack debootstrap curl
+               nftables conntrack debootstrap curl docker-registry apache2-utils
 # Only for `make bench` (the docker peer of bench/run_latency.py); `make test` does not install them.
 BENCH_PKGS  := docker.io wrk
 CACHE       ?= /var/cache/dockyard-test

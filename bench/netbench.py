@@ -50,6 +50,7 @@ from bench.run_latency import (
     cleanup_private_dockerd,
     docker_answers,
     docker_ids,
+    mounts_under,
     pids_mentioning,
     stop_process,
 )
@@ -249,6 +250,21 @@ def remove_root_network(
             notes.append(f"dockyard: deleted the root's nft table ip {table}")
 
 
+def cleanup_root(dockyard: list[str], root: Path, before: HostNet, notes: list[str]) -> None:
+    """A benchmark's state root: its containers removed, its bridge and nft table
+    deleted (when made during the run), its mounts unmounted (the dir goes after)."""
+    if not root.exists():
+        return
+    bridge, table = root_network(dockyard)
+    ids = run_quiet([*dockyard, "ps", "-aq"]).split()
+    if ids:
+        subprocess.run([*dockyard, "rm", "-f", *ids], capture_output=True, check=False)
+    remove_root_network(bridge, table, before, notes)
+    for point in mounts_under(root):
+        if subprocess.run(["umount", point], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
 # ---------------------------------------------------------------- docker with NAT
 
 
@@ -395,6 +411,22 @@ def remove_docker_rules(
         )
 
 
+def _kill_proxies(subnet: ipaddress.IPv4Network) -> None:
+    """docker-proxy processes of containers in `subnet` a killed dockerd left behind."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith("docker-proxy") or "-container-ip" not in argv:
+            continue
+        with contextlib.suppress(ValueError, IndexError, ProcessLookupError):
+            if ipaddress.IPv4Address(argv[argv.index("-container-ip") + 1]) in subnet:
+                os.kill(int(entry), 9)
+
+
 @contextlib.contextmanager
 def docker_nat_peer(
     base: Path, notes: list[str], userland_proxy: bool = True
@@ -446,6 +478,7 @@ def docker_nat_peer(
                     )
             stop_process(proc, DOCKERD_STOP_TIMEOUT)
         cleanup_private_dockerd(private)
+        _kill_proxies(subnet)
         remove_docker_rules(before, DOCKER_BRIDGE, subnet, notes)
         if os.path.exists(f"/sys/class/net/{DOCKER_BRIDGE}"):
             subprocess.run([IP, "link", "del", DOCKER_BRIDGE], capture_output=True, check=False)

@@ -30,5 +30,8 @@ def test_twenty_parallel_detached_runs(dy: Dockyard) -> None:
     assert set(listed) == ids  # every row there, every container running
     names = [line.split()[-1] for line in dy("ps").stdout.splitlines()[1:]]
     assert len(set(names)) == PARALLEL
+    # IPAM under 20 parallel starts: every container has its own address on the bridge.
+    addresses = dy("inspect", "-f", "{{.NetworkSettings.IPAddress}}", *sorted(ids)).stdout.split()
+    assert len(addresses) == PARALLEL and len(set(addresses)) == PARALLEL, addresses
     dy("rm", "-f", *ids, timeout=180)
     assert dy("ps", "-aq").stdout == ""
