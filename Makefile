@@ -9,7 +9,8 @@ VPY         := $(VENV)/bin/python
 DEB_PKGS    := python3 python3-venv ca-certificates iproute2 libseccomp2 busybox-static \
                runc crun umoci podman conmon uidmap skopeo hyperfine time tini \
                nftables conntrack debootstrap curl docker-registry apache2-utils
-# Only for `make bench` (the docker peer of bench/run_latency.py); `make test` does not install them.
+# Only for `make bench` (the docker peer of the benchmarks, wrk for bench/port_throughput.py);
+# `make test` does not install them.
 BENCH_PKGS  := docker.io wrk
 CACHE       ?= /var/cache/dockyard-test
 PYTEST_ARGS ?=
@@ -66,6 +67,8 @@ test: venv bytecode images lint
 bench: venv bytecode images bench-deps
 	$(VPY) bench/runtime_start.py --cache $(CACHE)
 	$(VPY) bench/run_latency.py --cache $(CACHE)
+	$(VPY) bench/port_throughput.py --cache $(CACHE)
+	$(VPY) bench/network_setup.py --cache $(CACHE)
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache

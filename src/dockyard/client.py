@@ -278,6 +278,20 @@ def _mount_specs(
     ]
 
 
+def _ports(ports: dict[str, Any] | None) -> list[tuple[str, str, int, int]]:
+    """docker-py's `ports` → (proto, host_ip, host_port or 0, container_port) entries."""
+    wanted: list[tuple[str, str, int, int]] = []
+    for key, value in (ports or {}).items():
+        port, _, proto = str(key).partition("/")
+        for binding in value if isinstance(value, list) else [value]:
+            if isinstance(binding, tuple):
+                host_ip, host_port = binding[0], binding[1] if len(binding) > 1 else 0
+            else:
+                host_ip, host_port = "", binding
+            wanted.append((proto or "tcp", host_ip, int(host_port or 0), int(port)))
+    return wanted
+
+
 def _as_list(value: str | list[str] | None) -> list[str] | None:
     import shlex
 
@@ -308,14 +322,21 @@ class ContainerCollection:
         cap_drop: list[str] | None = None,
         mem_limit: int | str | None = None,
         pids_limit: int | None = None,
-        network_mode: str = "none",
+        network_mode: str | None = None,
         restart_policy: dict[str, Any] | None = None,
         auto_remove: bool = False,
         tty: bool = False,
         volumes: dict[str, Any] | list[str] | None = None,
         tmpfs: dict[str, str] | None = None,
+        ports: dict[str, Any] | None = None,
+        publish_all_ports: bool = False,
+        network: str | None = None,
+        dns: list[str] | None = None,
+        extra_hosts: dict[str, str] | None = None,
     ) -> Container:
-        """docker-py's `create` for the options listed; `volumes`/`tmpfs` as docker-py's."""
+        """docker-py's `create` for the options listed; `volumes`/`tmpfs`/`ports` as
+        docker-py's (`{"80/tcp": 8080}`, `("127.0.0.1", 8080)`, `None` for any port,
+        or a list of those)."""
         env = (
             [f"{k}={v}" for k, v in environment.items()]
             if isinstance(environment, dict)
@@ -341,10 +362,14 @@ class ContainerCollection:
             privileged=privileged,
             cap_add=cap_add,
             cap_drop=cap_drop,
-            network=network_mode,
+            network=network or network_mode or "bridge",
             resources=resources,
             labels=labels,
             mount_specs=_mount_specs(volumes, tmpfs),
+            publish=_ports(ports),
+            publish_all=publish_all_ports,
+            dns=dns,
+            extra_hosts=[f"{host}:{ip}" for host, ip in (extra_hosts or {}).items()],
         )
         policy = restart_policy or {"Name": "no"}
         record = self.client.engine.create(
