@@ -6,6 +6,7 @@ import socket
 import time
 
 import dockyard
+from dockyard.client import Container
 from tests.test_client import client  # noqa: F401 - the fixture
 
 
@@ -42,6 +43,7 @@ def test_ports_publish_on_loopback_and_show_in_attrs(client: dockyard.Client) ->
         name="web",
         ports={"80/tcp": ("127.0.0.1", port)},
     )
+    assert isinstance(web, Container)
     assert _get(port, "/hostname").rstrip().endswith(web.short_id)
     settings = web.attrs["NetworkSettings"]
     assert settings["Ports"]["80/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
