@@ -136,9 +136,21 @@ class HostNet:
             ):
                 if not line.startswith(("---", "+++", "@@")):
                     found.append(f"iptables {table}: {line}")
-        for line in difflib.unified_diff(self.nft, after.nft, lineterm="", n=0):
-            if not line.startswith(("---", "+++", "@@")):
-                found.append(f"nft: {line}")
+        old_tables, new_tables = _nft_tables(self.nft), _nft_tables(after.nft)
+        for name in sorted(old_tables.keys() | new_tables.keys()):
+            if name not in new_tables:
+                found.append(f"nft: {name} removed")
+            elif name not in old_tables:
+                found.append(f"nft: {name} added")
+            elif old_tables[name] != new_tables[name]:
+                changed = [
+                    ln
+                    for ln in difflib.unified_diff(old_tables[name], new_tables[name], n=0)
+                    if ln[:1] in "+-" and not ln.startswith(("---", "+++"))
+                ]
+                docker = [ln for ln in changed if re.search(rf"DOCKER|{DOCKER_BRIDGE}", ln)]
+                mention = f", {len(docker)} of them docker's" if docker else ""
+                found.append(f"nft: {name} changed ({len(changed)} lines{mention})")
         for name in sorted(after.links - self.links):
             found.append(f"link: +{name}")
         for name in sorted(self.links - after.links):
@@ -147,6 +159,18 @@ class HostNet:
             if after.sysctls.get(name) != value:
                 found.append(f"sysctl {name}: {value} -> {after.sysctls.get(name)}")
         return found
+
+
+def _nft_tables(ruleset: list[str]) -> dict[str, list[str]]:
+    """`nft list ruleset` lines by table ("table ip nat": its lines)."""
+    tables: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in ruleset:
+        if line.startswith("table "):
+            current = tables.setdefault(line.rstrip(" {"), [])
+        else:
+            current.append(line)
+    return tables
 
 
 def restore_sysctls(before: HostNet, notes: list[str]) -> None:
@@ -165,13 +189,33 @@ def report_host_diff(before: HostNet, what: str, notes: list[str]) -> None:
     if not diff:
         notes.append(f"host network state after {what}: as before (iptables, nft, links, sysctls)")
         return
-    notes.append(
-        f"WARNING: host network state differs after {what} ({len(diff)} lines; other processes"
-        " on this host may have changed it meanwhile):"
-    )
-    notes.extend(f"    {line}" for line in diff[:40])
-    if len(diff) > 40:
-        notes.append(f"    ... {len(diff) - 40} more")
+    ours = [ln for ln in diff if re.search(rf"(?i)docker|{DOCKER_BRIDGE}", ln)]
+    if ours:
+        notes.append(f"WARNING: {what} left this behind on the host:")
+        notes.extend(f"    {line}" for line in ours[:40])
+    others = [ln for ln in diff if ln not in ours]
+    if others:
+        notes.append(
+            f"WARNING: host network state differs after {what}, not in anything of docker's"
+            " (other processes on this host, e.g. other dockyard roots' dy0-*/dockyard-*,"
+            " changed it meanwhile):"
+        )
+        notes.extend(f"    {line}" for line in others[:20])
+        if len(others) > 20:
+            notes.append(f"    ... {len(others) - 20} more")
+
+
+def clean_up_on_signals() -> None:
+    """SIGTERM, SIGHUP and SIGINT (even when inherited ignored, as in a background job)
+    end the benchmark through its `finally` blocks, so the host is still put back."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ---------------------------------------------------------------- ports, HTTP

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.netbench import (
     DockerPeer,
     HostNet,
+    clean_up_on_signals,
     cleanup_root,
     docker_nat_peer,
     free_port,
@@ -83,6 +84,7 @@ def wrk(url: str, threads: int, connections: int, seconds: int) -> WrkResult:
 
 def main() -> int:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # see bench/run_latency.py
+    clean_up_on_signals()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--rounds", type=int, default=2)
@@ -132,6 +134,7 @@ def measure(
     docker: DockerPeer | None,
     notes: list[str],
 ) -> dict[str, list[float]]:
+    """One nginx container in each, then the wrk rounds; requests/s per run by tool."""
     taken: set[int] = set()
     urls: dict[str, str] = {}
     import_nginx(root, opts.cache)
@@ -139,19 +142,20 @@ def measure(
     must([*dockyard, "run", "-d", "-p", f"{port}:80", "nginx"])
     urls["dockyard"] = f"http://127.0.0.1:{port}/"
     image = f"dockyard-bench/nginx:{os.getpid()}"
-    if docker:
-        # docker 20.10's import takes no STOPSIGNAL (nor does the benchmark stop nginx).
-        changes = [
-            arg
-            for change in NGINX_CHANGES
-            if not change.startswith("STOPSIGNAL")
-            for arg in ("--change", change)
-        ]
-        must([*docker.argv, "import", *changes, str(tar), image], timeout=600)
-        port2 = free_port(taken)
-        must([*docker.argv, "run", "-d", "--label", "dockyard-bench=1", "-p", f"{port2}:80", image])
-        urls["docker"] = f"http://127.0.0.1:{port2}/"
     try:
+        if docker:
+            # docker 20.10's import takes no STOPSIGNAL (nor does the benchmark stop nginx).
+            changes = [
+                arg
+                for change in NGINX_CHANGES
+                if not change.startswith("STOPSIGNAL")
+                for arg in ("--change", change)
+            ]
+            must([*docker.argv, "import", *changes, str(tar), image], timeout=600)
+            port2 = free_port(taken)
+            label = "dockyard-bench=1"
+            must([*docker.argv, "run", "-d", "--label", label, "-p", f"{port2}:80", image])
+            urls["docker"] = f"http://127.0.0.1:{port2}/"
         for name, url in urls.items():
             if "Welcome to nginx" not in wait_http(url):
                 raise SystemExit(f"{name}: {url} is not nginx's welcome page")

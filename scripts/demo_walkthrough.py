@@ -1,22 +1,28 @@
 """The walkthrough's first half, as MISSION.md has it, on the embedded default root:
 
+    dockyard pull nginx
     dockyard run -d -p 80:80 nginx
     curl http://localhost            # the nginx welcome page
     dockyard ps
     dockyard logs
 
-The nginx image is the project's own (scripts/debian_images.py, from Debian's
-nginx-light), imported as docker.io/library/nginx:latest; pulling it from a
-registry mirror comes with the registry work. Each command is echoed as a
-user would type it; the container is removed at the end, also on failure.
+There is no internet here: a local `dockyard registry serve` stands in for
+Docker Hub as docker.io's mirror (a registries.conf the demo's commands are
+given through DOCKYARD_REGISTRIES_CONF). The demo pushes the project's own
+nginx image (scripts/debian_images.py, from Debian's nginx-light) into it,
+removes the local copy, and then runs the walkthrough word for word. Each
+command is echoed as a user would type it; the container, the registry and
+its storage are gone at the end, also on failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,25 +60,72 @@ def curl(url: str, timeout: float = 10.0) -> str:
         time.sleep(0.1)
 
 
+def start_registry(storage: Path) -> tuple[subprocess.Popen[str], str]:
+    """`dockyard registry serve` on a free loopback port; (process, "127.0.0.1:PORT")."""
+    print(f"$ dockyard registry serve --listen 127.0.0.1:0 --storage {storage} &", flush=True)
+    proc = subprocess.Popen(
+        [DOCKYARD, "registry", "serve", "--listen", "127.0.0.1:0", "--storage", str(storage)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # "listening on http://127.0.0.1:PORT"
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"demo: the registry did not start: {line}")
+    print(f"  {line}")
+    return proc, line.rsplit("/", 1)[-1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--port", type=int, default=80)
     opts = parser.parse_args()
-    print("\n== the walkthrough: nginx on a published port ==")
-    import_nginx(Path(ROOT), opts.cache)
-    cid = sh("run", "-d", "-p", f"{opts.port}:80", "nginx").stdout.strip()
-    try:
-        page = curl(f"http://localhost:{opts.port}" if opts.port != 80 else "http://localhost")
-        title = next((line.strip() for line in page.splitlines() if "<title>" in line), "")
-        print(f"  {title}  ({len(page)} bytes)")
-        if "Welcome to nginx" not in page:
-            raise SystemExit("demo: the page is not nginx's welcome page")
-        sh("ps")
-        sh("logs", cid)
-    finally:
-        sh("rm", "-f", cid, check=False)
-    print("\n  nginx answered on the host's port through dockyard's bridge and nft DNAT.")
+    print("\n== the walkthrough: pull nginx from a docker.io mirror, publish port 80 ==")
+    with tempfile.TemporaryDirectory(prefix="dockyard-demo-registry-") as tmp:
+        registry, address = start_registry(Path(tmp) / "storage")
+        cid = ""
+        try:
+            conf = Path(tmp) / "registries.conf"
+            conf.write_text(
+                'unqualified-search-registries = ["docker.io"]\n\n'
+                '[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n\n'
+                f'[[registry.mirror]]\nlocation = "{address}"\ninsecure = true\n'
+            )
+            os.environ["DOCKYARD_REGISTRIES_CONF"] = str(conf)
+            print(f"  (docker.io is mirrored by {address}: {conf})")
+            import_nginx(Path(ROOT), opts.cache)
+            sh("tag", "nginx", f"{address}/library/nginx:latest")
+            sh("push", "-q", f"{address}/library/nginx:latest")
+            sh("rmi", "nginx", f"{address}/library/nginx:latest")
+            # Copies an earlier demo pulled (nginx@sha256:…) share its layer: gone too.
+            older = sh("images", "-q", "nginx").stdout.split()
+            if older:
+                sh("rmi", "-f", *older)
+            print("\n-- the walkthrough --")
+            sh("pull", "nginx")
+            cid = sh("run", "-d", "-p", f"{opts.port}:80", "nginx").stdout.strip()
+            url = "http://localhost" if opts.port == 80 else f"http://localhost:{opts.port}"
+            page = curl(url)
+            title = next((line.strip() for line in page.splitlines() if "<title>" in line), "")
+            print(f"  {title}  ({len(page)} bytes)")
+            if "Welcome to nginx" not in page:
+                raise SystemExit("demo: the page is not nginx's welcome page")
+            sh("ps")
+            sh("logs", cid)
+        finally:
+            if cid:
+                sh("rm", "-f", cid, check=False)
+            registry.terminate()
+            try:
+                registry.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                registry.kill()
+                registry.wait()
+    print("\n  nginx came from the registry mirror and answered on the host's port 80")
+    print("  through dockyard's bridge and nft DNAT.")
     return 0
 
 

@@ -24,6 +24,7 @@ from dockyard.engine.spec import RunOptions
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
+    import builtins
     from typing import Any, BinaryIO
 
     from dockyard.engine.mountspec import MountSpec
@@ -484,3 +485,89 @@ class ImageCollection:
         else:
             record = self.store.import_tar(source, repository)
         return Image(self.client, record)
+
+    def pull(
+        self,
+        repository: str,
+        tag: str | None = None,
+        all_tags: bool = False,
+        platform: str | None = None,
+        auth_config: dict[str, str] | None = None,
+    ) -> Image | builtins.list[Image]:
+        """docker-py's `images.pull`: `pull("busybox")` (tag latest), `pull("busybox",
+        "1.36")`, `pull("app", "sha256:…")`; with `all_tags`, a list of every tag's image.
+        `auth_config` ({"username", "password"}) overrides stored logins."""
+        from dockyard.image import platforms
+        from dockyard.image.pull import Clients, pull
+        from dockyard.registry import config
+
+        wanted = platforms.parse(platform) if platform else None
+        clients = Clients(credentials=_credentials(auth_config))
+        conf = config.load(None, self.store.root)
+        try:
+            if all_tags:
+                ref = conf.resolve(repository)[0]
+                source = conf.pull_sources(ref)[-1]
+                tags = clients.get(source.host, source.insecure).tags(source.repository)
+                names = [f"{ref.name}:{t}" for t in sorted(tags)]
+            else:
+                names = [_pull_name(repository, tag)]
+            found = [pull(self.store, n, wanted, conf, clients=clients).image for n in names]
+        finally:
+            clients.close()
+        images = [Image(self.client, record) for record in found]
+        return images if all_tags else images[0]
+
+    def push(
+        self,
+        repository: str,
+        tag: str | None = None,
+        stream: bool = False,
+        auth_config: dict[str, str] | None = None,
+        decode: bool = False,
+    ) -> Any:
+        """docker-py's `images.push`: the daemon's JSON progress messages, as one string
+        (or, with `stream`, one by one; with `decode`, as dicts)."""
+        import json
+
+        from dockyard.image.pull import Clients
+        from dockyard.image.push import push
+        from dockyard.registry.progress import Collect
+
+        progress = Collect()
+        clients = Clients(credentials=_credentials(auth_config))
+        try:
+            result = push(self.store, f"{repository}:{tag}" if tag else repository, None,
+                          progress, clients)  # fmt: skip
+        finally:
+            clients.close()
+        messages = [
+            *progress.messages,
+            {
+                "progressDetail": {},
+                "aux": {"Tag": result.reference.tag, "Digest": result.digest, "Size": result.size},
+            },
+        ]
+        if stream:
+            return iter(messages) if decode else (json.dumps(m) + "\r\n" for m in messages)
+        return "".join(json.dumps(m) + "\r\n" for m in messages)
+
+
+def _pull_name(repository: str, tag: str | None) -> str:
+    """docker-py's rule: a tag given apart replaces one in `repository`; a digest joins
+    with `@`; no tag at all means `latest` (the pull adds it)."""
+    if not tag:
+        return repository
+    base = repository.split("@", 1)[0]
+    last = base.rsplit("/", 1)[-1]
+    if ":" in last:
+        base = base[: len(base) - len(last) + last.index(":")]
+    return f"{base}@{tag}" if tag.startswith("sha256:") else f"{base}:{tag}"
+
+
+def _credentials(auth_config: dict[str, str] | None) -> Any:
+    if not auth_config:
+        return None
+    from dockyard.registry.client_auth import Credentials
+
+    return Credentials(auth_config.get("username", ""), auth_config.get("password", ""))

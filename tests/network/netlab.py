@@ -21,7 +21,7 @@ from pathlib import Path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import TypeVar
 
     T = TypeVar("T")
@@ -60,13 +60,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05
     return predicate()
 
 
-def free_port(proto: str = "tcp", address: str = "0.0.0.0") -> int:
+def free_port() -> int:
     """A port in 20000-29999 (below the ephemeral range -P picks from) free for TCP and UDP."""
     for _ in range(200):
         port = 20000 + int.from_bytes(os.urandom(2), "big") % 10000
-        if all(_bindable(kind, address, port) for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+        if all(_bindable(k, "0.0.0.0", port) for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
             return port
-    raise RuntimeError(f"no free {proto} port in 20000-29999")
+    raise RuntimeError("no free port in 20000-29999")
 
 
 def free_ports(count: int) -> int:
@@ -219,8 +219,8 @@ class Peer:
         self.peer_ip = f"10.215.{octet}.2"
         ip("netns", "add", self.name)
         try:
-            ip("link", "add", self.host_if, "type", "veth", "peer", "name", "eth0")
-            ip("link", "set", "eth0", "netns", self.name)
+            peer_end = ("peer", "name", "eth0", "netns", self.name)
+            ip("link", "add", self.host_if, "type", "veth", *peer_end)
             ip("addr", "add", f"{self.host_ip}/24", "dev", self.host_if)
             ip("link", "set", self.host_if, "up")
             ip("-n", self.name, "addr", "add", f"{self.peer_ip}/24", "dev", "eth0")
@@ -282,20 +282,38 @@ def db_rows(root: Path, table: str) -> list[dict[str, object]]:
         conn.close()
 
 
-def veths() -> set[str]:
-    return {name for name in os.listdir("/sys/class/net") if name.startswith("veth")}
+def veths(bridges: Iterable[str] | None = None) -> set[str]:
+    """Host interfaces veth* (only those enslaved to one of `bridges`, if given).
+
+    Other roots on the host (other tests, benchmarks) make and delete veths all
+    the time: a leak count looks at the test root's bridges only."""
+    names = {name for name in os.listdir("/sys/class/net") if name.startswith("veth")}
+    if bridges is None:
+        return names
+    wanted = set(bridges)
+    found = set()
+    for name in names:
+        try:
+            master = os.path.basename(os.readlink(f"/sys/class/net/{name}/master"))
+        except OSError:
+            continue
+        if master in wanted:
+            found.add(name)
+    return found
 
 
-def netns_count() -> int:
-    """Network namespaces on the host (distinct /proc/*/ns/net), counted from /proc."""
-    seen = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                seen.add(os.readlink(f"/proc/{entry}/ns/net"))
-            except OSError:
-                continue
-    return len(seen)
+def netns_of(pids: Iterable[int]) -> set[str]:
+    """The network namespaces of `pids` other than the host's (ids like net:[4026…])."""
+    host = os.readlink("/proc/self/ns/net")  # the test runs in the host's
+    found = set()
+    for pid in pids:
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if ns != host:
+            found.add(ns)
+    return found
 
 
 def processes_of(root: Path) -> list[int]:
@@ -321,10 +339,17 @@ def processes_of(root: Path) -> list[int]:
     return found
 
 
-def nft_rules() -> list[str]:
-    """The rules of the shared `ip dockyard` table, one JSON text each ([] without it)."""
+def nft_table(root: Path) -> str:
+    """The root's own nft table (`ip dockyard` is the default root's only)."""
+    from dockyard.network.store import table_name
+
+    return table_name(str(root))
+
+
+def nft_rules(root: Path) -> list[str]:
+    """The rules of the root's table, one JSON text each ([] without the table)."""
     done = subprocess.run(
-        ["nft", "-j", "list", "table", "ip", "dockyard"],
+        ["nft", "-j", "list", "table", "ip", nft_table(root)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -339,14 +364,11 @@ def nft_rules() -> list[str]:
     ]
 
 
-def rules_mentioning(*needles: object) -> list[str]:
-    """Rules of the table naming any of `needles` (a bridge, an address, a port…).
-
-    The table is shared by every root on the host, so a test counts only the
-    rules of what it made itself."""
+def rules_mentioning(root: Path, *needles: object) -> list[str]:
+    """Rules of the root's table naming any of `needles` (a bridge, an address, a port…)."""
     texts = [str(n) for n in needles]
     found = []
-    for rule in nft_rules():
+    for rule in nft_rules(root):
         doc = json.loads(rule)
         values = set(_leaves(doc["expr"]))
         if any(t in values for t in texts):

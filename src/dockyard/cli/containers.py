@@ -49,10 +49,11 @@ def _create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--volume", action="append", default=[])
     p.add_argument("--mount", action="append", default=[])
     p.add_argument("--tmpfs", action="append", default=[])
-    from dockyard.cli import netflags, runflags
+    from dockyard.cli import autopull, netflags, runflags
 
     runflags.add_flags(p)
     netflags.add_flags(p)
+    autopull.add_flags(p)
     p.add_argument("image")
     p.add_argument("command", nargs="...")
 
@@ -205,9 +206,11 @@ def run(verb: str, args: argparse.Namespace) -> int:
 def _create_container(args: argparse.Namespace, eng: Engine | None = None) -> Container:
     if args.rm and args.restart != "no":
         raise UsageError("Conflicting options: --restart and --rm")
-    from dockyard.cli import runflags
+    from dockyard.cli import autopull, runflags
 
-    return (eng or engine(args)).create(
+    eng = eng or engine(args)
+    autopull.ensure_image(args, eng)
+    return eng.create(
         args.image,
         runflags.extend(run_options(args), args),
         name=args.name,

@@ -23,6 +23,7 @@ def describe(err: Exception) -> str | None:
     from dockyard.storage.leases import LeaseError
 
     network_errors = _network_errors()
+    registry_errors = _registry_errors()
 
     user_errors: tuple[type[Exception], ...] = (
         UsageError,
@@ -35,12 +36,22 @@ def describe(err: Exception) -> str | None:
         ContentError,
         LeaseError,
         *network_errors,
+        *registry_errors,
     )
     if isinstance(err, user_errors):
         return str(err)
     if isinstance(err, OSError) and err.strerror:
         return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
     return None
+
+
+def _registry_errors() -> tuple[type[Exception], ...]:
+    from dockyard.image.platforms import PlatformError
+    from dockyard.registry.client_auth import AuthFileError
+    from dockyard.registry.client_errors import RegistryError
+    from dockyard.registry.config import RegistriesConfError
+
+    return (RegistryError, RegistriesConfError, AuthFileError, PlatformError)
 
 
 def _network_errors() -> tuple[type[Exception], ...]:

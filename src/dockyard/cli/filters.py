@@ -137,7 +137,7 @@ def match_images(
         tags = sorted(image.tags)
         if dangling is not None:
             want = dangling[-1].lower() in ("true", "1")
-            if want != (not tags):
+            if want != (not tags and not image.repo_digests):  # pulled by digest: not dangling
                 continue
         labels = (image.config.get("config") or {}).get("Labels") or {}
         if "label" in filters and not _labels_match(labels, filters["label"]):

@@ -32,6 +32,8 @@ IMAGE_SUBCOMMANDS: dict[str, str] = {
     "load": "load",
     "history": "history",
     "inspect": "inspect",  # cli/inspect.py with --type image: images only, as Docker's
+    "pull": "pull",
+    "push": "push",
     "prune": "",
 }
 
@@ -291,7 +293,7 @@ def prune(images: ImageStore, every: bool = False) -> list[str]:
     used = {r[0] for r in images.conn.execute("SELECT DISTINCT image_id FROM containers")}
     done: list[str] = []
     for image in images.list_images():
-        if image.id in used or (image.tags and not every):
+        if image.id in used or ((image.tags or image.repo_digests) and not every):
             continue
         try:
             for kind, value in images.remove(image.id, force=True):

@@ -180,19 +180,28 @@ def _print(source: str, rows: list[dict[str, str]], headers: dict[str, str]) -> 
 
 def image_rows(images: list[tuple[Image, list[str]]], no_trunc: bool) -> list[dict[str, str]]:
     from dockyard.cli.containers import _ago
-    from dockyard.image.reference import parse
+    from dockyard.image.reference import Reference, parse
 
     rows: list[dict[str, str]] = []
     for image, tags in images:
-        names: list[str | None] = list(tags) or [None]
+        # Pulled or pushed: the digest it has in that repository (the newest). Pulled
+        # by digest only (no tag): a row per repository, as Docker shows `nginx <none>`.
+        pulled: dict[str, str] = {}
+        for name in image.repo_digests:
+            repository, _, digest = name.partition("@")
+            pulled.setdefault(repository, digest)
+        names: list[str | None] = list(tags) or [f"{n}@{d}" for n, d in pulled.items()] or [None]
         for tag in names:
-            ref = parse(tag) if tag else None
+            ref = parse(tag, default_tag=None) if tag else None
+            repo = Reference(ref.domain, ref.path, None, None).familiar() if ref else "<none>"
             rows.append(
                 {
                     "ID": image.id if no_trunc else image.short_id,
-                    "Repository": ref.familiar().rsplit(":", 1)[0] if ref and ref.tag else "<none>",
+                    "Repository": repo,
                     "Tag": (ref.tag if ref else None) or "<none>",
-                    "Digest": image.manifest_digest or "<none>",
+                    "Digest": (pulled.get(ref.name) if ref else None)
+                    or image.manifest_digest
+                    or "<none>",
                     "CreatedSince": f"{_ago(image.created)} ago",
                     "CreatedAt": _created_at(image.created),
                     "Size": _size(image.size),
@@ -211,7 +220,9 @@ def images(args: argparse.Namespace) -> int:
     kept = filters.match_images(images_store, images_store.list_images(), wanted)
     rows = image_rows(kept, args.no_trunc)
     if args.repository:
-        repo, _, tag = args.repository.partition(":")
+        repo, sep, tag = args.repository.rpartition(":")
+        if not sep or "/" in tag:  # no tag; or a registry's port (localhost:5000/app)
+            repo, tag = args.repository, ""
         rows = [r for r in rows if r["Repository"] == repo and (not tag or r["Tag"] == tag)]
     if args.quiet:
         for image_id in dict.fromkeys(r["ID"] for r in rows):

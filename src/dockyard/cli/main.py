@@ -46,6 +46,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("image_transfer", "export a container's file system as a tar archive"),
     "commit": ("image_transfer", "create a new image from a container's changes"),
     "image": ("image_transfer", "manage images: image prune [-a] [-f], image ls/rm/save/load"),
+    "pull": ("registry_client", "download an image from a registry"),
+    "push": ("registry_client", "upload an image to a registry"),
+    "login": ("registry_client", "log in to a registry"),
+    "logout": ("registry_client", "log out from a registry"),
+    "search": ("registry_client", "search a registry for images"),
     "system": ("system", "manage dockyard: system check [--repair], df [-v], prune [-a] [-f]"),
     "info": ("sysinfo", "show system-wide information"),
     "cp": ("copy", "copy files between a container and the local file system"),
@@ -54,6 +59,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "volume": ("volumes", "manage volumes: create, ls, inspect, rm, prune"),
     "network": ("networks", "manage networks: create, ls, inspect, rm, prune, connect, …"),
     "port": ("networks", "list a container's published ports"),
+    "registry": ("registry", "run an OCI registry: registry serve, registry gc"),
 }
 
 

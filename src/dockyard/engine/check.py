@@ -4,6 +4,14 @@ Every check reads what is on disk and in the DB; nothing is trusted from a
 previous run. `repair` only removes what no record needs (temp files, orphan
 directories, stale mounts and runtime state, leases of dead ingests) and never
 deletes a blob or a snapshot an image or container still names.
+
+Networks (`_network`): a container whose monitor was killed keeps its
+endpoints (addresses) and published ports in the DB and its rules in the nft
+table; a crash between creating a veth and recording it leaves a veth; a
+flushed ruleset leaves the table out of step; a DNS server may outlive what it
+serves, or be gone while containers need it. `repair` releases the endpoints
+of containers that are not running, deletes the stray veths, loads the table
+again and stops (or starts) the DNS server.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import shutil
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
-    from dockyard.engine.containers import Engine
+    from dockyard.engine.containers import Container, Engine
 
 STALE_INGEST_SECONDS = 3600.0
 # A create or unpack in progress in another process looks like an orphan for a
@@ -39,6 +47,23 @@ def _unpacker_alive(key: str) -> bool:
     return pid.isdigit() and pid_start_time(int(pid)) is not None
 
 
+def _start_lock(container: Container) -> int | None:
+    """The container's start lock taken (an fd to close; -1: it was never started), or
+    None while a `start` holds it. Held, no `start` can begin meanwhile."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(container.dir, "start.lock"), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class Finding:
     """One problem: what is wrong, and whether `--repair` mended it."""
 
@@ -59,6 +84,7 @@ def check(engine: Engine, repair: bool = False) -> list[Finding]:
     findings += _images(engine)
     findings += _snapshots(engine, repair)
     findings += _containers(engine, repair)
+    findings += _network(engine, repair)
     return findings
 
 
@@ -175,6 +201,26 @@ def _containers(engine: Engine, repair: bool) -> list[Finding]:
             )
             if repair:
                 runtime.delete(state_root, cid, force=True)
+            continue
+        # A monitor killed with its container never deleted the runtime's state, and
+        # the next `start` would fail on it ("container with id … already exists").
+        lock = _start_lock(known[cid])
+        if lock is None:
+            continue  # being started
+        try:
+            if known[cid].status() not in ("running", "paused", "restarting"):
+                findings.append(
+                    Finding(
+                        "runtime",
+                        f"state of container {cid[:12]}, which is not running",
+                        repaired=repair,
+                    )
+                )
+                if repair:
+                    runtime.delete(state_root, cid, force=True)
+        finally:
+            if lock >= 0:
+                os.close(lock)
     for info in list(engine.images.snapshots.walk()):
         key = info.name
         orphan_dir = os.path.join(directory, key.removeprefix("container-"))
@@ -193,3 +239,145 @@ def _containers(engine: Engine, repair: bool) -> list[Finding]:
             if repair:
                 engine.images.snapshots.remove(key)
     return findings
+
+
+# ------------------------------------------------------------------ networks
+
+
+def _network(engine: Engine, repair: bool) -> list[Finding]:
+    if not engine.conn.execute("SELECT 1 FROM networks LIMIT 1").fetchone():
+        return []  # networking never used in this root: nothing to look at (or to create)
+    findings = _stale_endpoints(engine, repair)
+    findings += _stray_veths(engine, repair)
+    findings += _rules(engine, repair)
+    findings += _dns_server(engine, repair)
+    return findings
+
+
+def _stale_endpoints(engine: Engine, repair: bool) -> list[Finding]:
+    """Addresses and ports held for containers that are not running (or are gone)."""
+    from dockyard.engine import networking
+
+    held: dict[str, list[str]] = {}
+    for cid, ip in engine.conn.execute("SELECT container_id, ip FROM endpoints"):
+        held.setdefault(cid, []).append(ip)
+    for cid, host_ip, port, proto in engine.conn.execute(
+        "SELECT container_id, host_ip, host_port, proto FROM port_mappings"
+    ):
+        held.setdefault(cid, []).append(f"{host_ip or '0.0.0.0'}:{port}/{proto}")
+    known = {c.id: c for c in engine.list_containers(all=True)}
+    findings = []
+    for cid, what in sorted(held.items()):
+        container = known.get(cid)
+        lock = _start_lock(container) if container is not None else -1
+        if lock is None:
+            continue  # being started: its addresses are handed out before its monitor runs
+        try:
+            if container is not None and container.status() in ("running", "paused", "restarting"):
+                continue
+            name = f"{cid[:12]} ({container.name})" if container is not None else cid[:12]
+            state = "is not running" if container is not None else "does not exist"
+            findings.append(
+                Finding(
+                    "network",
+                    f"container {name} {state} but holds {', '.join(what)}",
+                    repaired=repair,
+                )
+            )
+            if repair:
+                networking.release(engine.root, engine.conn, cid)
+        finally:
+            if lock >= 0:
+                os.close(lock)
+    return findings
+
+
+def _stray_veths(engine: Engine, repair: bool) -> list[Finding]:
+    """Host ends of veth pairs that are this root's (on one of its bridges, or named
+    for one of its containers) but that no endpoint names. Another root's veths,
+    on its own bridges, are not looked at."""
+    import re
+
+    from dockyard.network import links
+    from dockyard.network.store import veth_name
+
+    bridges = {r[0] for r in engine.conn.execute("SELECT bridge FROM networks")}
+    network_ids = [r[0] for r in engine.conn.execute("SELECT id FROM networks")]
+    cids = [r[0] for r in engine.conn.execute("SELECT id FROM containers")]
+    ours = {veth_name(c, n) for c in cids for n in network_ids}
+    recorded = {r[0] for r in engine.conn.execute("SELECT host_ifname FROM endpoints")}
+    findings = []
+    for name in links.host_veths():
+        if not re.fullmatch(r"veth[0-9a-f]{10}", name) or name in recorded:
+            continue
+        try:
+            master = os.path.basename(os.readlink(f"/sys/class/net/{name}/master"))
+        except OSError:
+            master = ""
+        if name in ours or master in bridges:
+            findings.append(Finding("network", f"veth {name} has no endpoint", repaired=repair))
+            if repair:
+                links.detach(name)
+    return findings
+
+
+def _rules(engine: Engine, repair: bool) -> list[Finding]:
+    from dockyard.engine import networking
+    from dockyard.network.store import table_name
+
+    if networking.rules_in_step(engine.root, engine.conn):
+        return []
+    table = table_name(engine.root)
+    message = f"nft table ip {table} is out of step with the networks and ports in the DB"
+    if repair:
+        networking.sync_rules(engine.root, engine.conn, force=True)
+    return [Finding("network", message, repaired=repair)]
+
+
+def _dns_server(engine: Engine, repair: bool) -> list[Finding]:
+    """The DNS server runs exactly while endpoints on user-defined networks exist."""
+    import time
+
+    from dockyard.network import dns
+
+    def wanted() -> bool:  # an endpoint on a user-defined network, of a running container
+        users = {
+            row[0]
+            for row in engine.conn.execute(
+                "SELECT endpoints.container_id FROM endpoints JOIN networks"
+                " ON networks.id = endpoints.network_id WHERE networks.name != 'bridge'"
+            )
+        }
+        return any(
+            c.status() in ("running", "paused", "restarting")
+            for c in engine.list_containers(all=True)
+            if c.id in users
+        )
+
+    pid = dns.server_pid(engine.root)
+    if pid is None and wanted():
+        if repair:
+            dns.ensure_running(engine.root)
+        return [
+            Finding(
+                "network",
+                "no DNS server runs for the containers on user-defined networks",
+                repaired=repair,
+            )
+        ]
+    if pid is None or wanted():
+        return []
+    if not repair:
+        # It leaves by itself within its idle time once the last endpoint is gone:
+        # only one that stays longer is stuck.
+        deadline = time.monotonic() + dns.IDLE_EXIT + 2.0
+        for _ in range(int(dns.IDLE_EXIT + 2.0) * 10 + 1):
+            if dns.server_pid(engine.root) is None or wanted() or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        pid = dns.server_pid(engine.root)
+        if pid is None or wanted():
+            return []
+    else:
+        dns.stop(engine.root)
+    return [Finding("network", f"DNS server (pid {pid}) has nothing to serve", repaired=repair)]

@@ -235,13 +235,15 @@ def image_document(image: Image) -> dict[str, Any]:
 
     config = image.config
     tags: list[str] = []
-    digests: list[str] = []
+    # pulled or pushed (registry/): the digests it has there; else its manifest's
+    digests = [refs.parse(d, default_tag=None).familiar() for d in image.repo_digests]
+    known = {d.split("@", 1)[0] for d in digests}
     for tag in sorted(image.tags):
         ref = refs.parse(tag)
         tags.append(ref.familiar())
         repo = refs.Reference(ref.domain, ref.path, None, None)
         digest = f"{repo.familiar()}@{image.manifest_digest}"
-        if digest not in digests:
+        if digest not in digests and repo.familiar() not in known:
             digests.append(digest)
     history = config.get("history") or []
     comment = next((h.get("comment") for h in reversed(history) if h.get("comment")), "")

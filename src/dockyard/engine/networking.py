@@ -140,6 +140,11 @@ def prepare(root: str, conn: sqlite3.Connection, container: Any) -> list[dict[st
     mode = config.get("NetworkMode") or "none"
     kind = mode_kind(mode)
     hostname = config.get("Hostname") or container.id[:12]
+    # A run whose monitor was killed left its addresses and ports behind (nobody
+    # released them): give them back first, or its own old ports would clash with
+    # the ones it asks for now. (`start` holds the container's start lock and the
+    # container is not running: nothing else uses them. Reads only when clean.)
+    release(root, conn, container.id)
     if kind == "container":
         _join_container(container, mode.split(":", 1)[1], conn)
         return []
@@ -330,28 +335,74 @@ def sync_rules(root: str, conn: sqlite3.Connection, force: bool = False) -> None
     import fcntl
 
     from dockyard.network import nft
-    from dockyard.network.store import NetworkStore, table_name
+    from dockyard.network.store import table_name
 
     lock = os.open(os.path.join(root, "network.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        store = NetworkStore(conn)
-        nets = [nft.BridgeNet(n.bridge, n.subnet, n.internal) for n in store.all()]
-        ports = [
-            nft.PortRule(
-                p.proto, p.host_ip, p.host_port, p.container_ip, p.container_port, p.bridge
-            )
-            for p in store.ports()
-        ]
+        nets, ports = _rules_of(conn)
         # Most starts and exits change no rule (no published port, a known network):
         # the table is loaded only when what it should hold differs from the last load.
+        # The kernel's boot id is part of what is remembered: after a reboot the table
+        # is gone while network.synced (on disk) would still say it is loaded.
         table = table_name(root)
-        wanted = json.dumps(nft.render(nets, ports, table), sort_keys=True)
+        wanted = _boot_id() + json.dumps(nft.render(nets, ports, table), sort_keys=True)
         if force or _last_synced(root) != wanted:
             nft.sync(nets, ports, table)
             _remember_synced(root, wanted)
     finally:
         os.close(lock)
+
+
+def _rules_of(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+    """The networks and published ports of the DB, as the nft table renders them."""
+    from dockyard.network import nft
+    from dockyard.network.store import NetworkStore
+
+    store = NetworkStore(conn)
+    nets = [nft.BridgeNet(n.bridge, n.subnet, n.internal) for n in store.all()]
+    ports = [
+        nft.PortRule(p.proto, p.host_ip, p.host_port, p.container_ip, p.container_port, p.bridge)
+        for p in store.ports()
+    ]
+    return nets, ports
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() + "\n"
+    except OSError:
+        return ""
+
+
+def rules_in_step(root: str, conn: sqlite3.Connection) -> bool:
+    """Whether the root's nft table holds exactly the chains and rules the DB calls
+    for (`system check`: a flushed ruleset, a rule deleted by hand)."""
+    from dockyard.network import nft
+    from dockyard.network.store import table_name
+
+    nets, ports = _rules_of(conn)
+    table = table_name(root)
+    wanted = nft.render(nets, ports, table)
+    listed = nft.list_rules(table)
+    if not listed and not ports and not conn.execute("SELECT 1 FROM endpoints").fetchone():
+        # No table while nothing needs it (a reboot, a torn-down root): in step as long
+        # as the next start loads it, i.e. network.synced does not say it is loaded.
+        return _last_synced(root) != _boot_id() + json.dumps(wanted, sort_keys=True)
+    return _chains(listed) == _chains(wanted)
+
+
+def _chains(doc: dict[str, Any]) -> dict[str, list[Any]]:
+    """chain name → its rules' expressions, from a rendered or a listed table."""
+    chains: dict[str, list[Any]] = {}
+    for command in doc.get("nftables", []):
+        body = command.get("add", command)
+        if "chain" in body:
+            chains.setdefault(body["chain"]["name"], [])
+        elif "rule" in body:
+            chains.setdefault(body["rule"]["chain"], []).append(body["rule"]["expr"])
+    return chains
 
 
 def _last_synced(root: str) -> str:

@@ -47,6 +47,8 @@ class Image:
         self.size = size
         self.config = config
         self.tags: list[str] = []
+        # "docker.io/library/nginx@sha256:…": the digests it was pulled or pushed by
+        self.repo_digests: list[str] = []
 
     @property
     def short_id(self) -> str:
@@ -118,26 +120,34 @@ class ImageStore:
         tags: list[refs.Reference],
         config_bytes: bytes | None = None,
         lease: Lease | None = None,
+        manifest_bytes: bytes | None = None,
+        repo_digests: Iterable[str] = (),
     ) -> Image:
         """Store config and manifest (layers are already blobs) and record the image.
 
         `config_bytes`: the config's exact bytes (from a loaded archive), kept so the
         image ID stays what it was; by default the canonical JSON of `config`.
         `lease`: the caller's, which already names the layers; else one of its own.
+        `manifest_bytes`: the manifest's exact bytes (a pull: its digest is the
+        registry's); by default a new OCI manifest of config and `layers`.
+        `repo_digests`: `name@digest` references the image is known by (pull, push).
         """
         if lease is None:
             with self.leases.create() as own:
-                return self.add_image(config, layers, tags, config_bytes, own)
+                return self.add_image(
+                    config, layers, tags, config_bytes, own, manifest_bytes, repo_digests
+                )
         from dockyard.oci.digest import from_bytes
         from dockyard.storage.leases import CONTENT
 
         if config_bytes is None:
             config_bytes = spec.canonical(config)
         config_digest = from_bytes(config_bytes)
-        manifest = spec.new_manifest(
-            spec.descriptor(spec.MEDIA_CONFIG, config_digest, len(config_bytes)), layers
-        )
-        manifest_bytes = spec.canonical(manifest)
+        if manifest_bytes is None:
+            manifest = spec.new_manifest(
+                spec.descriptor(spec.MEDIA_CONFIG, config_digest, len(config_bytes)), layers
+            )
+            manifest_bytes = spec.canonical(manifest)
         manifest_digest = from_bytes(manifest_bytes)
         # Leased before they are looked at or written: a collection can't come between.
         lease.add(CONTENT, config_digest, manifest_digest, *(layer["digest"] for layer in layers))
@@ -170,6 +180,10 @@ class ImageStore:
                     "INSERT OR REPLACE INTO tags (name, image_id) VALUES (?, ?)",
                     (str(ref), config_digest),
                 )
+            conn.executemany(
+                "INSERT OR REPLACE INTO repo_digests (image_id, name, created) VALUES (?, ?, ?)",
+                [(config_digest, name, db.now()) for name in repo_digests],
+            )
         return self.get(config_digest)
 
     # ---------------------------------------------------------------- lookup
@@ -185,6 +199,13 @@ class ImageStore:
         image.tags = [
             r["name"]
             for r in self.conn.execute("SELECT name FROM tags WHERE image_id = ?", (image.id,))
+        ]
+        image.repo_digests = [
+            r["name"]
+            for r in self.conn.execute(
+                "SELECT name FROM repo_digests WHERE image_id = ? ORDER BY created DESC",
+                (image.id,),
+            )
         ]
         return image
 
@@ -216,6 +237,12 @@ class ImageStore:
                 " WHERE tags.name = ?",
                 (str(ref),),
             ).fetchone()
+            if row is None and ref.digest:  # `name@sha256:…`: as pulled or pushed
+                row = conn.execute(
+                    "SELECT images.* FROM images JOIN repo_digests r ON r.image_id = images.id"
+                    " WHERE r.name = ?",
+                    (f"{ref.name}@{ref.digest}",),
+                ).fetchone()
             if row is not None or not is_hex or len(hex_part) > 64:
                 return row
         rows = conn.execute(
@@ -302,6 +329,11 @@ class ImageStore:
                     except BlobNotFound:
                         continue
                     removed.append(digest)
+            if removed:  # where they came from no longer matters (registry/ push mounts)
+                with db.transaction(self.conn) as conn:
+                    conn.executemany(
+                        "DELETE FROM blob_sources WHERE digest = ?", [(d,) for d in removed]
+                    )
             needed = set(held[SNAPSHOT])
             for image in self.list_images():
                 needed.update(image.chain_ids)
@@ -329,7 +361,7 @@ class ImageStore:
         if lease is None:
             with self.leases.create() as own:
                 return self.unpack(image, own)
-        from dockyard.image.layers import apply_layer, open_layer
+        from dockyard.image.layers import apply_layer_with_diff_id
         from dockyard.storage.leases import CONTENT, SNAPSHOT
         from dockyard.storage.snapshots import SnapshotExists, SnapshotNotFound, unmount
 
@@ -353,9 +385,14 @@ class ImageStore:
                     try:
                         blob = self._layer_blob(image, diff_id)
                         with self.content.open(blob) as raw:
-                            apply_layer(open_layer(raw), target)
+                            actual = apply_layer_with_diff_id(raw, target)[1]
                     finally:
                         unmount(target)
+                    if actual != diff_id:  # a pulled layer is checked here, as containerd does
+                        raise ImageError(
+                            f"layer {blob} unpacks to {actual}, but the image's config says "
+                            f"{diff_id}: the image is corrupt; remove it and pull it again"
+                        )
                     try:
                         self.snapshots.commit(chain_id, key)
                     except SnapshotExists:

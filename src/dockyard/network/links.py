@@ -153,6 +153,10 @@ def attach(
             f"link add {host_ifname} type veth peer name {container_ifname}"
             f" address {mac} netns {pid}\n"
             f"link set {host_ifname} master {bridge} up\n"
+            # Hairpin: with br_netfilter loaded, a container's connection to its own
+            # published port (via a host address) is DNATed back to it and bridged
+            # out of the port it came in on, which a bridge refuses unless asked.
+            f"link set {host_ifname} type bridge_slave hairpin on\n"
         )
     except LinkError as err:
         detach(host_ifname)

@@ -169,6 +169,25 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX port_mappings_container ON port_mappings(container_id);
     """,
+    # 5: the registry client (image/pull.py, image/push.py): the digests an image was
+    # pulled or pushed by (RepoDigests), and where blobs were seen, so a push can mount
+    # a blob from another repository of the same registry instead of uploading it
+    """
+    CREATE TABLE repo_digests (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        name     TEXT NOT NULL,                    -- "docker.io/library/nginx@sha256:<hex>"
+        created  TEXT NOT NULL,
+        PRIMARY KEY (image_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX repo_digests_name ON repo_digests(name);
+    CREATE TABLE blob_sources (
+        digest     TEXT NOT NULL,
+        registry   TEXT NOT NULL,                  -- the host talked to: "127.0.0.1:5000"
+        repository TEXT NOT NULL,                  -- "library/nginx"
+        updated    TEXT NOT NULL,
+        PRIMARY KEY (digest, registry, repository)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -212,10 +231,16 @@ def retry_busy(fn: Callable[[], T], seconds: float = TRANSACTION_RETRY_SECONDS) 
         delay = min(delay * 2, 0.05)
 
 
-def open_db(root: str) -> sqlite3.Connection:
-    """Open (creating and migrating if needed) `<root>/dockyard.db`."""
+def open_db(
+    root: str, name: str = DB_NAME, migrations: list[str] | None = None
+) -> sqlite3.Connection:
+    """Open (creating and migrating if needed) `<root>/dockyard.db`.
+
+    Another database with the same rules (the registry's) passes its own file
+    `name` and `migrations` list.
+    """
     os.makedirs(root, exist_ok=True)
-    path = os.path.join(root, DB_NAME)
+    path = os.path.join(root, name)
     try:
         conn = sqlite3.connect(
             path,
@@ -235,7 +260,7 @@ def open_db(root: str) -> sqlite3.Connection:
             raise DatabaseError(f"{path}: cannot switch to WAL mode (got {mode!r})")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn)
+        _migrate(conn, MIGRATIONS if migrations is None else migrations)
     except BaseException:
         conn.close()
         raise
@@ -261,8 +286,8 @@ def _statements(script: str) -> Iterator[str]:
         raise DatabaseError(f"incomplete SQL statement in migration: {buf.strip()[:80]}")
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    target = len(MIGRATIONS)
+def _migrate(conn: sqlite3.Connection, migrations: list[str]) -> None:
+    target = len(migrations)
     if schema_version(conn) == target:  # the common case: no lock needed
         return
     while True:
@@ -275,7 +300,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 )
             if version == target:
                 return
-            for stmt in _statements(MIGRATIONS[version]):
+            for stmt in _statements(migrations[version]):
                 conn.execute(stmt)
             conn.execute(f"PRAGMA user_version = {version + 1}")
 

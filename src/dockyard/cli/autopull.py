@@ -1,0 +1,44 @@
+"""`run`/`create` pull a missing image first, as Docker does (`--pull missing`)."""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
+if TYPE_CHECKING:
+    import argparse
+
+    from dockyard.engine.containers import Engine
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pull", choices=("missing", "always", "never"), default="missing")
+    p.add_argument("--platform")
+
+
+def ensure_image(args: argparse.Namespace, eng: Engine) -> None:
+    """Pull `args.image` when the policy asks for it; the image store is left as is
+    (and the error is the pull's one line) when the pull fails."""
+    from dockyard.image.store import ImageNotFound
+
+    policy = getattr(args, "pull", "missing")
+    if policy == "never":
+        return
+    if policy == "missing":
+        try:
+            eng.images.get(args.image)
+            return
+        except ImageNotFound:
+            pass
+        from dockyard.image import reference as refs
+
+        shown = refs.parse(args.image)
+        sys.stderr.write(f"Unable to find image '{shown.familiar()}' locally\n")
+    from dockyard.image import platforms
+    from dockyard.image.pull import pull
+    from dockyard.registry import config
+    from dockyard.registry.progress import for_stream
+
+    platform = platforms.parse(args.platform) if getattr(args, "platform", None) else None
+    conf = config.load(None, eng.images.root)
+    pull(eng.images, args.image, platform, conf, for_stream(sys.stderr, False))

@@ -1,0 +1,1 @@
+"""The OCI distribution registry: server (server.py and below) and client."""
