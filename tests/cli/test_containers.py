@@ -122,7 +122,7 @@ def test_survives_the_cli_being_gone(dy: Dockyard) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "nosuchimage"], "No such image: nosuchimage"),
+        (["run", "--pull", "never", "nosuchimage"], "No such image: nosuchimage"),
         (["run", "Bad:Ref"], "must be lowercase"),
         (["run", "-m", "lots", "busybox", "true"], 'invalid size: "lots"'),
         (["run", "--restart", "sometimes", "busybox", "true"], "invalid restart policy"),

@@ -21,19 +21,19 @@ def ensure_image(args: argparse.Namespace, eng: Engine) -> None:
     (and the error is the pull's one line) when the pull fails."""
     from dockyard.image.store import ImageNotFound
 
+    from dockyard.image import reference as refs
+
     policy = getattr(args, "pull", "missing")
     if policy == "never":
         return
+    wanted = refs.parse(args.image)  # (with the default tag: no "Using default tag" line)
     if policy == "missing":
         try:
             eng.images.get(args.image)
             return
         except ImageNotFound:
             pass
-        from dockyard.image import reference as refs
-
-        shown = refs.parse(args.image)
-        sys.stderr.write(f"Unable to find image '{shown.familiar()}' locally\n")
+        sys.stderr.write(f"Unable to find image '{wanted.familiar()}' locally\n")
     from dockyard.image import platforms
     from dockyard.image.pull import pull
     from dockyard.registry import config
@@ -41,4 +41,4 @@ def ensure_image(args: argparse.Namespace, eng: Engine) -> None:
 
     platform = platforms.parse(args.platform) if getattr(args, "platform", None) else None
     conf = config.load(None, eng.images.root)
-    pull(eng.images, args.image, platform, conf, for_stream(sys.stderr, False))
+    pull(eng.images, str(wanted), platform, conf, for_stream(sys.stderr, False))

@@ -44,6 +44,13 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="uploads at once per process; more get 429 TOOMANYREQUESTS (default: no limit)",
     )
+    s.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="be a pull-through cache of this registry (https://HOST[:PORT]); no pushes",
+    )
+    s.add_argument("--proxy-username", metavar="USER", help="the upstream registry's user")
+    s.add_argument("--proxy-password", metavar="PASSWORD", help="and password")
     g = sub.add_parser("gc", help="remove blobs no manifest references")
     g.add_argument("--storage", required=True, metavar="DIR")
     g.add_argument("--dry-run", action="store_true", help="only print what would be removed")
@@ -97,6 +104,9 @@ def _config(args: argparse.Namespace) -> Config:
         delete=args.delete,
         workers=args.workers,
         max_uploads=args.max_uploads,
+        proxy=args.proxy,
+        proxy_username=args.proxy_username,
+        proxy_password=args.proxy_password,
     )
 
 

@@ -335,27 +335,31 @@ def _rules(engine: Engine, repair: bool) -> list[Finding]:
 
 
 def _dns_server(engine: Engine, repair: bool) -> list[Finding]:
-    """The DNS server runs exactly while endpoints on user-defined networks exist."""
+    """The DNS server runs while endpoints on user-defined networks exist: none is
+    missing for running containers, none is left with nothing to serve."""
     import time
 
     from dockyard.network import dns
 
-    def wanted() -> bool:  # an endpoint on a user-defined network, of a running container
-        users = {
+    def served() -> set[str]:  # containers with an endpoint the server answers for
+        return {
             row[0]
             for row in engine.conn.execute(
                 "SELECT endpoints.container_id FROM endpoints JOIN networks"
                 " ON networks.id = endpoints.network_id WHERE networks.name != 'bridge'"
             )
         }
-        return any(
-            c.status() in ("running", "paused", "restarting")
-            for c in engine.list_containers(all=True)
-            if c.id in users
-        )
 
+    users = served()
     pid = dns.server_pid(engine.root)
-    if pid is None and wanted():
+    if pid is None:
+        running = [
+            c
+            for c in engine.list_containers(all=True)
+            if c.id in users and c.status() in ("running", "paused", "restarting")
+        ]
+        if not running:
+            return []
         if repair:
             dns.ensure_running(engine.root)
         return [
@@ -365,19 +369,18 @@ def _dns_server(engine: Engine, repair: bool) -> list[Finding]:
                 repaired=repair,
             )
         ]
-    if pid is None or wanted():
-        return []
-    if not repair:
+    if users:
+        return []  # (endpoints of containers that are gone were reported above)
+    if repair:
+        dns.stop(engine.root)
+    else:
         # It leaves by itself within its idle time once the last endpoint is gone:
         # only one that stays longer is stuck.
         deadline = time.monotonic() + dns.IDLE_EXIT + 2.0
         for _ in range(int(dns.IDLE_EXIT + 2.0) * 10 + 1):
-            if dns.server_pid(engine.root) is None or wanted() or time.monotonic() > deadline:
+            if dns.server_pid(engine.root) is None or served() or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        pid = dns.server_pid(engine.root)
-        if pid is None or wanted():
+        if dns.server_pid(engine.root) is None or served():
             return []
-    else:
-        dns.stop(engine.root)
     return [Finding("network", f"DNS server (pid {pid}) has nothing to serve", repaired=repair)]

@@ -64,20 +64,21 @@ async def get_blob(
 ) -> web.StreamResponse:
     digest = params["digest"]
     storage = reg.storage
-    try:
-        path, st = storage.blob(name, digest)
-    except RegistryError as err:
-        if err.code != "BLOB_UNKNOWN" or reg.upstream is None:
-            raise
-        if not await reg.upstream.fetch_blob(storage, name, digest):
-            raise
-        path, st = storage.blob(name, digest)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": BLOB_TYPE,
         "Cache-Control": "max-age=31536000",
         "Accept-Ranges": "bytes",
     }
+    try:
+        path, st = storage.blob(name, digest)
+    except RegistryError as err:
+        if err.code != "BLOB_UNKNOWN" or reg.upstream is None:
+            raise
+        response = await reg.upstream.serve_blob(storage, request, name, digest, dict(headers))
+        if response is not None:
+            return response
+        path, st = storage.blob(name, digest)
     if request.method == "HEAD":
         await storage.keep(path, st)  # a pusher is told it exists: keep it from gc
         response = web.StreamResponse(status=200, headers=headers)

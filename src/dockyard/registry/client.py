@@ -118,14 +118,19 @@ class RegistryClient:
         auth_file: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         transport: Transport | None = None,
+        scheme: str | None = None,
+        lookup_credentials: bool = True,
     ) -> None:
+        """`scheme` ("http" or "https") is the only one tried when given; without
+        `lookup_credentials` only `credentials` are used (no auth.json is read)."""
         self.host = host
         self.insecure = insecure
         self.netloc = api_host(host)
         self.transport = transport or Transport(timeout)
+        self.scheme = scheme
         self._credentials = credentials
         self._auth_file = auth_file
-        self._creds_loaded = credentials is not None
+        self._creds_loaded = credentials is not None or not lookup_credentials
         self._base: str | None = None  # "http://127.0.0.1:5000": known after the ping
         self._verify = not insecure
         self._challenge: Challenge | None = None
@@ -156,7 +161,9 @@ class RegistryClient:
         with self._lock:
             if self._base is not None:
                 return
-            if not self.insecure:
+            if self.scheme:
+                schemes = [self.scheme]
+            elif not self.insecure:
                 schemes = ["https"]
             elif _loopback(self.netloc):
                 schemes = ["http", "https"]

@@ -63,6 +63,10 @@ class Response:
     def readinto(self, buffer: bytearray | memoryview) -> int:
         return self._resp.readinto(buffer)
 
+    def read1(self, size: int = BLOCK) -> bytes:
+        """What has arrived, up to `size` bytes, with at most one read of the socket."""
+        return self._resp.read1(size)
+
     def read(self, limit: int | None = None) -> bytes:
         """The whole body; with `limit`, a body longer than that is an error (ValueError)."""
         if limit is None:

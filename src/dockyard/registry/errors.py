@@ -36,6 +36,7 @@ CODES: dict[str, tuple[int, str]] = {
     "RANGE_INVALID": (416, "invalid content range"),
     "PAGINATION_NUMBER_INVALID": (400, "invalid number of results requested"),
     "UNKNOWN": (500, "unknown error"),
+    "UNAVAILABLE": (503, "service unavailable"),
 }
 
 

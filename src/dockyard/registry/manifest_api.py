@@ -17,7 +17,7 @@ import urllib.parse
 
 from aiohttp import web
 
-from dockyard.registry import manifests
+from dockyard.registry import manifests, names
 from dockyard.registry.errors import RegistryError
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
@@ -34,14 +34,7 @@ async def get_manifest(
 ) -> web.StreamResponse:
     reference = params["reference"]
     storage = reg.storage
-    try:
-        row = storage.resolve(name, reference)
-    except RegistryError as err:
-        if err.code not in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN") or reg.upstream is None:
-            raise
-        if not await reg.upstream.fetch_manifest(storage, name, reference):
-            raise
-        row = storage.resolve(name, reference)
+    row = await _resolve(reg, name, reference) if reg.upstream else storage.resolve(name, reference)
     headers = {
         "Docker-Content-Digest": row.digest,
         "Content-Type": row.media_type,
@@ -58,6 +51,32 @@ async def get_manifest(
     except FileNotFoundError:
         raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": reference}) from None
     return web.Response(body=body, headers=headers)
+
+
+async def _resolve(reg: Registry, name: str, reference: str) -> ManifestRow:
+    """A pull-through cache's manifest: a tag as the upstream has it now (the cached
+    one when the upstream can't say), a digest from storage or else the upstream."""
+    assert reg.upstream is not None
+    storage = reg.storage
+    names.check_reference(reference)
+    failed: RegistryError | None = None
+    if not names.is_digest(reference):
+        try:
+            await reg.upstream.fetch_manifest(storage, name, reference)
+        except RegistryError as err:
+            failed = err
+    try:
+        return storage.resolve(name, reference)
+    except RegistryError as err:
+        if err.code not in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"):
+            raise
+        if failed is not None:
+            raise failed from None
+        if not names.is_digest(reference):
+            raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": reference}) from None
+    if not await reg.upstream.fetch_manifest(storage, name, reference):
+        raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": reference})
+    return storage.resolve(name, reference)
 
 
 async def _read_manifest(request: web.Request) -> bytes:
@@ -131,10 +150,15 @@ async def list_tags(
 ) -> web.StreamResponse:
     n = _page_size(request, None, None)
     last = request.query.get("last", "")
+    upstream = await reg.upstream.tags(name) if reg.upstream else None
     if n == 0:
-        reg.storage.tags(name, last, 0)  # NAME_UNKNOWN still applies
+        if upstream is None:
+            reg.storage.tags(name, last, 0)  # NAME_UNKNOWN still applies
         return web.json_response({"name": name, "tags": []})
-    found = reg.storage.tags(name, last, -1 if n is None else n + 1)
+    if upstream is not None:  # a pull-through cache lists the upstream's tags
+        found = sorted(t for t in upstream if t > last)[: None if n is None else n + 1]
+    else:
+        found = reg.storage.tags(name, last, -1 if n is None else n + 1)
     headers = {}
     if n is not None and len(found) > n:
         found = found[:n]

@@ -134,6 +134,14 @@ class Metadata:
         ).fetchone()
         return row is not None
 
+    def references(self, repo: str, digest: str) -> bool:
+        """True when a manifest of `repo` needs blob `digest` (its config or a layer)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM manifest_refs WHERE ref = ? AND repo = ? AND kind = 'blob' LIMIT 1",
+            (digest, repo),
+        ).fetchone()
+        return row is not None
+
     def tags(self, repo: str, last: str = "", limit: int = -1) -> list[str]:
         rows = self.conn.execute(
             "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?",
@@ -218,6 +226,14 @@ class Metadata:
             conn.executemany(
                 "INSERT OR REPLACE INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?)",
                 [(repo, tag, row.digest, now) for tag in tags],
+            )
+
+    def set_tag(self, repo: str, tag: str, digest: str) -> None:
+        """Point `tag` of `repo` at manifest `digest` (which `repo` has)."""
+        with db.transaction(self.conn) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?)",
+                (repo, tag, digest, db.now()),
             )
 
     def delete_tag(self, repo: str, tag: str) -> bool:

@@ -76,6 +76,9 @@ class Config:
         max_uploads: int = 0,
         upstream: Upstream | None = None,
         grace: float = GRACE_SECONDS,
+        proxy: str | None = None,
+        proxy_username: str | None = None,
+        proxy_password: str | None = None,
     ) -> None:
         self.storage = storage
         self.host = host
@@ -93,6 +96,9 @@ class Config:
         self.max_uploads = max_uploads
         self.upstream = upstream
         self.grace = grace
+        self.proxy = proxy
+        self.proxy_username = proxy_username
+        self.proxy_password = proxy_password
 
     def check(self) -> None:
         """AuthConfigError when the flags can't work together."""
@@ -106,6 +112,17 @@ class Config:
             raise AuthConfigError("--workers must be 1 or more")
         if self.max_uploads < 0:
             raise AuthConfigError("--max-uploads must be 0 (no limit) or more")
+        if (self.proxy_username is None) != (self.proxy_password is None):
+            raise AuthConfigError("--proxy-username and --proxy-password go together")
+        if self.proxy_username is not None and not self.proxy:
+            raise AuthConfigError("--proxy-username and --proxy-password need --proxy URL")
+        if self.proxy:
+            from dockyard.registry.proxy import parse_url
+
+            try:
+                parse_url(self.proxy)
+            except ValueError as e:
+                raise AuthConfigError(str(e)) from None
 
 
 def make_auth(config: Config) -> NoAuth | BasicAuth | TokenAuth:
@@ -171,6 +188,12 @@ class Registry:
         self.storage = RegistryStorage(config.storage, config.grace)
         self.auth = make_auth(config)
         self.upstream = config.upstream
+        if self.upstream is None and config.proxy:
+            from dockyard.registry.proxy import ProxyUpstream
+
+            self.upstream = ProxyUpstream(
+                config.proxy, config.proxy_username, config.proxy_password
+            )
         self.uploading = 0  # requests sending blob data now (for --max-uploads)
 
     async def authorize(self, request: web.Request, needed: list[Access]) -> str:
@@ -226,6 +249,10 @@ class Registry:
         methods = _TABLE[kind]
         if method not in methods:
             raise _unsupported(method, ", ".join(methods))
+        if self.upstream is not None and method in WRITE_METHODS:
+            raise RegistryError(
+                "UNSUPPORTED", "this registry is a pull-through cache: no pushes or deletes"
+            )
         if self.config.read_only and method in WRITE_METHODS:
             raise RegistryError("UNSUPPORTED", "the registry is read-only")
         handler, actions = methods[method]
@@ -288,6 +315,8 @@ def make_app(config: Config) -> web.Application:
     app.on_response_prepare.append(_add_api_version)
 
     async def close(app: web.Application) -> None:
+        if registry.upstream is not None:
+            await registry.upstream.close()
         registry.storage.close()
 
     app.on_cleanup.append(close)

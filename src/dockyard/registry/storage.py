@@ -240,8 +240,11 @@ class RegistryStorage:
         body: bytes,
         content_type: str | None,
         extra_tags: list[str] | None = None,
+        check_refs: bool = True,
     ) -> tuple[str, manifests.Parsed]:
-        """Check and store a pushed manifest; its digest and what was parsed from it."""
+        """Check and store a pushed manifest; its digest and what was parsed from it.
+
+        A pull-through cache stores manifests before their blobs (`check_refs=False`)."""
         names.check_reference(reference)
         tags = [] if names.is_digest(reference) else [reference]
         for tag in extra_tags or []:
@@ -267,7 +270,8 @@ class RegistryStorage:
             json.dumps(parsed.annotations) if parsed.annotations else None,
         )
         async with self.shared_lock():
-            self._check_refs(repo, parsed)
+            if check_refs:
+                self._check_refs(repo, parsed)
             if not self.blobs.has(digest):
                 await asyncio.to_thread(self.blobs.put, body, digest)
             self.meta.put_manifest(repo, row, parsed.refs(), tags)

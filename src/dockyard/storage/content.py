@@ -265,6 +265,11 @@ class LocalBlobWriter:
         return self._offset
 
     @property
+    def path(self) -> str:
+        """The file the data goes to; others may read it while it grows (never write to it)."""
+        return self._temp
+
+    @property
     def resumed(self) -> bool:
         """True when this writer owns the resumable partial file for its digest."""
         return self._resumable
