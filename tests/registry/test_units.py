@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from dockyard.registry import manifests, names
 from dockyard.registry.auth import Access, Htpasswd, TokenAuth, basic_credentials, parse_scope
@@ -219,28 +220,44 @@ class _FakeUpstream:
         self.config = config
         self.asked: list[str] = []
 
-    async def fetch_blob(self, storage: RegistryStorage, repo: str, digest: str) -> bool:
-        self.asked.append(digest)
+    async def _store_blob(self, storage: RegistryStorage, repo: str, digest: str) -> bool:
         for data in (self.blob, self.config):
             if sha256(data) == digest:
                 await storage.put_blob(repo, digest, _chunks(data), len(data))
                 return True
         return False
 
+    async def serve_blob(
+        self,
+        storage: RegistryStorage,
+        request: web.Request,
+        repo: str,
+        digest: str,
+        headers: dict[str, str],
+    ) -> web.StreamResponse | None:
+        self.asked.append(digest)
+        if not await self._store_blob(storage, repo, digest):
+            raise RegistryError("BLOB_UNKNOWN")
+        return None
+
     async def fetch_manifest(self, storage: RegistryStorage, repo: str, reference: str) -> bool:
         self.asked.append(reference)
         if reference != "cached":
             return False
         for data in (self.blob, self.config):
-            await self.fetch_blob(storage, repo, sha256(data))
+            await self._store_blob(storage, repo, sha256(data))
         body = image_manifest(self.config, [self.blob])
         await storage.put_manifest(repo, reference, body, OCI_MANIFEST)
         return True
 
+    async def tags(self, repo: str) -> list[str] | None:
+        return None
+
+    async def close(self) -> None:
+        pass
+
 
 def test_upstream_hook_fills_misses(tmp_path: Path) -> None:
-    from aiohttp import web
-
     from dockyard.registry.server import Config, make_app
     from tests.registry.helpers import request
 
@@ -262,7 +279,17 @@ def test_upstream_hook_fills_misses(tmp_path: Path) -> None:
             assert blob.body == upstream.blob
             missing = await asyncio.to_thread(request, "GET", f"{base}/manifests/absent")
             assert missing.status == 404
-            assert upstream.asked.count("cached") == 1  # served from storage once fetched
+            digest = sha256(image_manifest(upstream.config, [upstream.blob]))
+            by_digest = await asyncio.to_thread(request, "GET", f"{base}/manifests/{digest}")
+            assert by_digest.status == 200
+            assert digest not in upstream.asked  # stored: the upstream isn't asked
+            again = await asyncio.to_thread(request, "GET", f"{base}/blobs/{sha256(upstream.blob)}")
+            assert again.body == upstream.blob
+            assert sha256(upstream.blob) not in upstream.asked  # stored with the manifest
+            tags = await asyncio.to_thread(request, "GET", f"{base}/tags/list")
+            assert tags.json() == {"name": "proxied", "tags": ["cached"]}
+            pushed = await asyncio.to_thread(request, "POST", f"{base}/blobs/uploads/")
+            assert pushed.status == 405 and pushed.codes() == ["UNSUPPORTED"]
         finally:
             await runner.cleanup()
 

@@ -19,9 +19,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 def ensure_image(args: argparse.Namespace, eng: Engine) -> None:
     """Pull `args.image` when the policy asks for it; the image store is left as is
     (and the error is the pull's one line) when the pull fails."""
-    from dockyard.image.store import ImageNotFound
-
     from dockyard.image import reference as refs
+    from dockyard.image.store import ImageNotFound
 
     policy = getattr(args, "pull", "missing")
     if policy == "never":

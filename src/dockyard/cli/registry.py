@@ -50,7 +50,11 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         help="be a pull-through cache of this registry (https://HOST[:PORT]); no pushes",
     )
     s.add_argument("--proxy-username", metavar="USER", help="the upstream registry's user")
-    s.add_argument("--proxy-password", metavar="PASSWORD", help="and password")
+    s.add_argument(
+        "--proxy-password",
+        metavar="PASSWORD",
+        help="and password (default: $DOCKYARD_PROXY_PASSWORD when a user is given)",
+    )
     g = sub.add_parser("gc", help="remove blobs no manifest references")
     g.add_argument("--storage", required=True, metavar="DIR")
     g.add_argument("--dry-run", action="store_true", help="only print what would be removed")
@@ -76,6 +80,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    import os
+
     from dockyard.registry.server import Config
 
     host, port = parse_listen(args.listen)
@@ -89,6 +95,9 @@ def _config(args: argparse.Namespace) -> Config:
             raise UsageError(f"cannot read --token-key {args.token_key}: {e.strerror}") from e
         if len(key) < 16:
             raise UsageError(f"--token-key {args.token_key}: the secret needs 16 bytes or more")
+    password = args.proxy_password
+    if password is None and args.proxy_username is not None:
+        password = os.environ.get("DOCKYARD_PROXY_PASSWORD")
     return Config(
         storage=args.storage,
         host=host,
@@ -106,7 +115,7 @@ def _config(args: argparse.Namespace) -> Config:
         max_uploads=args.max_uploads,
         proxy=args.proxy,
         proxy_username=args.proxy_username,
-        proxy_password=args.proxy_password,
+        proxy_password=password,
     )
 
 

@@ -97,6 +97,18 @@ class Response:
         else:
             self._transport._put(self._key, conn)
 
+    def abort(self) -> None:
+        """From another thread: end the connection, so that a blocked read returns now."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            import socket
+
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         """Done with it, and its connection too (a body not read to its end)."""
         conn, self._conn = self._conn, None

@@ -122,6 +122,8 @@ class ProxyUpstream:
     async def close(self) -> None:
         """Stop the fetches under way (the server is stopping); close the connections."""
         self._stopping = True
+        for fetch in list(self.fetches.values()):
+            fetch.abort()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=STOP_WAIT)
         self.client.close()

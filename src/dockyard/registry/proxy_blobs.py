@@ -14,10 +14,13 @@ to every client), and the next request starts a new fetch.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 
 from aiohttp import web
 
+from dockyard.registry.client_errors import RegistryUnreachable
+from dockyard.registry.client_http import describe_failure
 from dockyard.registry.errors import RegistryError
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from dockyard.registry.client import RegistryClient
+    from dockyard.registry.client_http import Response
     from dockyard.storage.content import LocalContentStore
 
 READ_SIZE = 1 << 20
@@ -39,8 +43,8 @@ class BlobFetch:
     """One blob on its way from the upstream; the loop's view of the downloading thread.
 
     `repos` are the repositories the blob is linked into once it is stored (the one
-    that asked first, and any that joined). Every attribute changes in the event
-    loop's thread only."""
+    that asked first, and any that joined). The downloading thread reports to the
+    event loop (`call_soon_threadsafe`); the attributes change in the loop only."""
 
     def __init__(self, digest: str, repo: str) -> None:
         self.digest = digest
@@ -52,6 +56,7 @@ class BlobFetch:
         self.committed = False
         self.error: RegistryError | None = None
         self._waiters: list[asyncio.Future[None]] = []
+        self._response: Response | None = None  # the upstream's, while it is read
 
     @property
     def finished(self) -> bool:
@@ -70,6 +75,7 @@ class BlobFetch:
         """GET the blob from the upstream into `store` (runs in a thread). Raises the
         client's errors, the content store's (digest or size wrong), FetchStopped."""
         resp = client.get_blob(remote, self.digest)
+        self._response = resp
         try:
             length = resp.header("Content-Length")
             size = int(length) if length and length.isdigit() else None
@@ -79,16 +85,33 @@ class BlobFetch:
                 while True:
                     if stopping():
                         raise FetchStopped("the server is stopping")
-                    data = resp.read1(READ_SIZE)
+                    try:
+                        data = resp.read1(READ_SIZE)
+                    except (OSError, http.client.HTTPException) as err:
+                        if stopping():
+                            raise FetchStopped("the server is stopping") from None
+                        raise RegistryUnreachable(
+                            f"registry {client.host}: blob {self.digest} was cut short: "
+                            f"{describe_failure(err)}"
+                        ) from None
                     if not data:
                         break
                     writer.write(data)
                     writer.flush()  # readers read the file, not the writer's buffer
                     loop.call_soon_threadsafe(self._progress, writer.offset)
+                if stopping():
+                    raise FetchStopped("the server is stopping")
                 writer.commit()
             resp.release()
         finally:
+            self._response = None
             resp.close()
+
+    def abort(self) -> None:
+        """Make the downloading thread stop reading now (the server is stopping)."""
+        resp = self._response
+        if resp is not None:
+            resp.abort()
 
     # -- in the loop ----------------------------------------------------------------------
 

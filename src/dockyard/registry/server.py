@@ -113,7 +113,9 @@ class Config:
         if self.max_uploads < 0:
             raise AuthConfigError("--max-uploads must be 0 (no limit) or more")
         if (self.proxy_username is None) != (self.proxy_password is None):
-            raise AuthConfigError("--proxy-username and --proxy-password go together")
+            raise AuthConfigError(
+                "--proxy-username and --proxy-password (or $DOCKYARD_PROXY_PASSWORD) go together"
+            )
         if self.proxy_username is not None and not self.proxy:
             raise AuthConfigError("--proxy-username and --proxy-password need --proxy URL")
         if self.proxy:
@@ -314,11 +316,14 @@ def make_app(config: Config) -> web.Application:
     app.router.add_route("*", "/token", registry.token)
     app.on_response_prepare.append(_add_api_version)
 
-    async def close(app: web.Application) -> None:
-        if registry.upstream is not None:
+    async def stop_upstream(app: web.Application) -> None:
+        if registry.upstream is not None:  # before waiting for the requests it holds up
             await registry.upstream.close()
+
+    async def close(app: web.Application) -> None:
         registry.storage.close()
 
+    app.on_shutdown.append(stop_upstream)
     app.on_cleanup.append(close)
     return app
 

@@ -11,7 +11,7 @@ copy docker://…/bench/r1:v1 dir:…`). `sync` runs (untimed) before each phase
 Throughput is the bytes moved by all clients over the phase's wall time; the
 ratio is dockyard / reference (goal: >= 1.00x).
 
-    bench/registry_server.py [--clients 8] [--rounds 3] [--workers 1] [--markdown]
+    bench/registry_serve.py [--clients 8] [--rounds 3] [--workers 1] [--markdown]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ image recorded, layers not unpacked: the store unpacks at first `create`),
 skopeo into an empty OCI layout. `sync` runs (untimed) before every run, so no
 run pays for the previous one's writeback.
 
-    bench/registry_pull.py [--runs 10] [--markdown]
+    bench/pull.py [--runs 10] [--markdown]
 
 With --markdown the readable report goes to stderr and stdout gets one table
 row for bench/RESULTS.md.
