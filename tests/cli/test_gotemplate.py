@@ -118,3 +118,16 @@ def test_stats_record_and_format() -> None:
     stopped = formatted(record(C(), None, None, 1, 8 << 30, 1))  # type: ignore[arg-type]
     assert stopped["CPUPerc"] == "--" and stopped["MemUsage"] == "-- / --"
     assert human_binary(1536) == "1.5KiB" and human_decimal(999) == "999B"
+
+
+def test_fields_of_a_parenthesized_pipeline() -> None:
+    from dockyard.cli.gotemplate import render
+
+    doc = {
+        "NetworkSettings": {
+            "Networks": {"bridge": {"IPAddress": "10.1.1.2"}},
+            "Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]},
+        }
+    }
+    assert render('{{(index .NetworkSettings.Networks "bridge").IPAddress}}', doc) == "10.1.1.2"
+    assert render('{{(index (index .NetworkSettings.Ports "80/tcp") 0).HostPort}}', doc) == "8080"

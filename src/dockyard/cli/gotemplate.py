@@ -80,6 +80,15 @@ class _Ident:
         self.pos = pos
 
 
+class _Chain(_Node):
+    """A parenthesized pipeline followed by fields: `(index .M "k").Name`."""
+
+    def __init__(self, group: _Action, path: list[str], pos: int) -> None:
+        self.group = group
+        self.path = path
+        self.pos = pos
+
+
 def _error(source: str, pos: int, message: str) -> TemplateError:
     line = source.count("\n", 0, pos) + 1
     start = source.rfind("\n", 0, pos)
@@ -118,7 +127,13 @@ def _commands(tokens: list[tuple[str, str, int]], i: int, source: str) -> tuple[
             inner, i = _commands(tokens, i + 1, source)
             if i >= len(tokens) or tokens[i][1] != ")":
                 raise TemplateError("template: :1: unclosed left paren")
-            commands[-1].append(_Action(inner, pos))
+            group: Any = _Action(inner, pos)
+            after = tokens[i + 1] if i + 1 < len(tokens) else None
+            if after is not None and after[0] == "field" and after[2] == tokens[i][2] + 1:
+                # `(index .Networks "x").IPAddress`: fields of the group's value
+                group = _Chain(group, [p for p in after[1].split(".") if p], after[2])
+                i += 1
+            commands[-1].append(group)
         elif kind == "field":
             commands[-1].append(_Field([p for p in text.split(".") if p], pos))
         elif kind == "str":
@@ -383,6 +398,8 @@ class _Exec:
     def arg(self, dot: Any, item: Any) -> Any:
         if isinstance(item, _Field):
             return self.field(dot, item) if item.path else dot
+        if isinstance(item, _Chain):
+            return self.field(self.pipeline(dot, item.group), _Field(item.path, item.pos))
         if isinstance(item, _Action):
             return self.pipeline(dot, item)
         if isinstance(item, _Ident):
