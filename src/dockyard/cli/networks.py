@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from dockyard.cli.errors import UsageError
+from dockyard.cli.options import key_values, render_format
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
@@ -73,16 +74,6 @@ def run(verb: str, args: argparse.Namespace) -> int:
     return int(globals()[f"_{action}"](args))
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    result = {}
-    for value in values:
-        key, _, val = value.partition("=")
-        if not key:
-            raise UsageError(f'invalid argument "{value}" for "{flag}" flag: give KEY=VALUE')
-        result[key] = val
-    return result
-
-
 def _one(values: list[str], flag: str) -> str | None:
     if len(values) > 1:
         raise UsageError(f"{flag} given {len(values)} times: only one IPv4 pool is supported")
@@ -101,23 +92,12 @@ def _create(args: argparse.Namespace) -> int:
         gateway=_one(args.gateway, "--gateway"),
         ip_range=_one(args.ip_range, "--ip-range"),
         internal=args.internal,
-        options=_pairs(args.opt, "--opt"),
-        labels=_pairs(args.label, "--label"),
+        options=key_values(args.opt, "--opt"),
+        labels=key_values(args.label, "--label"),
         driver=args.driver,
     )
     print(network.id)
     return 0
-
-
-def _render(template: str, data: Any) -> str:
-    from dockyard.cli.gotemplate import TemplateError, render
-
-    if template == "json":
-        template = "{{json .}}"
-    try:
-        return render(template, data)
-    except TemplateError as err:
-        raise UsageError(str(err)) from None
 
 
 def _matches(network: Any, filters: list[str]) -> bool:
@@ -177,7 +157,7 @@ def _ls(args: argparse.Namespace) -> int:
         return 0
     if args.format and args.format != "table":
         for row in rows:
-            print(_render(args.format, row))
+            print(render_format(args.format, row))
         return 0
     print(f"{'NETWORK ID':<14}{'NAME':<20}{'DRIVER':<10}SCOPE")
     for row in rows:
@@ -211,7 +191,7 @@ def _inspect(args: argparse.Namespace) -> int:
             failed = True
     if args.format:
         for item in found:
-            print(_render(args.format, item))
+            print(render_format(args.format, item))
     else:
         print(json.dumps(found, indent=4))
     return 1 if failed else 0

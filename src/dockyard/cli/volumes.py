@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from dockyard.cli.errors import UsageError
+from dockyard.cli.options import key_values, render_format
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
@@ -61,16 +62,6 @@ def run(verb: str, args: argparse.Namespace) -> int:
     return int(globals()[f"_{action}"](args))
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    result = {}
-    for value in values:
-        key, _, val = value.partition("=")
-        if not key:
-            raise UsageError(f'invalid argument "{value}" for "{flag}" flag: give KEY=VALUE')
-        result[key] = val
-    return result
-
-
 def _create(args: argparse.Namespace) -> int:
     if args.name_flag and args.name and args.name_flag != args.name:
         raise UsageError(
@@ -78,23 +69,12 @@ def _create(args: argparse.Namespace) -> int:
         )
     volume = store(args).create(
         args.name_flag or args.name,
-        labels=_pairs(args.label, "--label"),
-        options=_pairs(args.opt, "--opt"),
+        labels=key_values(args.label, "--label"),
+        options=key_values(args.opt, "--opt"),
         driver=args.driver,
     )
     print(volume.name)
     return 0
-
-
-def _render(template: str, data: Any) -> str:
-    from dockyard.cli.gotemplate import TemplateError, render
-
-    if template == "json":
-        template = "{{json .}}"
-    try:
-        return render(template, data)
-    except TemplateError as err:
-        raise UsageError(str(err)) from None
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -112,7 +92,7 @@ def _ls(args: argparse.Namespace) -> int:
                 "Mountpoint": vol.mountpoint,
                 "Labels": ",".join(f"{k}={v}" for k, v in vol.labels.items()),
             }
-            print(_render(args.format, data))
+            print(render_format(args.format, data))
         return 0
     print(f"{'DRIVER':<10}VOLUME NAME")
     for vol in volumes:
@@ -136,7 +116,7 @@ def _inspect(args: argparse.Namespace) -> int:
             failed = True
     if args.format:
         for item in found:
-            print(_render(args.format, item))
+            print(render_format(args.format, item))
     else:
         print(json.dumps(found, indent=4))
     return 1 if failed else 0

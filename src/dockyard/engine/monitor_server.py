@@ -76,7 +76,7 @@ class MonitorServer:
         """
         import marshal
 
-        from dockyard.engine.monitor_start import read_report
+        from dockyard.engine.monitor_start import launched, read_report
         from dockyard.runtime.errors import RuntimeFailure
 
         if self.request_fd < 0:
@@ -91,21 +91,13 @@ class MonitorServer:
         monitor_pid, result, ended = read_report(self.reply_fd, timeout, until="done")
         if not ended:  # the server itself is stuck or gone: don't reuse it
             self.close()
-        if result.startswith("started ") and monitor_pid:
-            return monitor_pid
-        message = result[6:] if result.startswith("error ") else "container monitor died"
-        raise RuntimeFailure(message)
+        return launched(monitor_pid, result)
 
     def close(self) -> None:
         """Let the server go (it exits when its request pipe closes)."""
-        for name in ("request_fd", "reply_fd"):
-            fd = getattr(self, name, -1)
-            if fd >= 0:
-                setattr(self, name, -1)
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        from dockyard.engine.monitor_start import close_fds
+
+        close_fds(self, ("request_fd", "reply_fd"))
         pid, self.pid = getattr(self, "pid", 0), 0
         if pid:
             try:

@@ -184,23 +184,34 @@ class MonitorStarter:
         finally:
             os.close(read_fd)
             self.report_fd = -1
-        if result.startswith("started ") and monitor_pid:
-            return monitor_pid
-        message = result[6:] if result.startswith("error ") else "container monitor died"
-        raise RuntimeFailure(message)
+        return launched(monitor_pid, result)
 
     def close(self) -> None:
         """Let an unused monitor go (it exits when its spec pipe closes)."""
-        for name in ("spec_fd", "report_fd"):
-            fd = getattr(self, name, -1)
-            if fd >= 0:
-                setattr(self, name, -1)
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_fds(self, ("spec_fd", "report_fd"))
 
     __del__ = close
+
+
+def launched(monitor_pid: int, result: str) -> int:
+    """The monitor's pid when its report says the container started; else its error."""
+    from dockyard.runtime.errors import RuntimeFailure
+
+    if result.startswith("started ") and monitor_pid:
+        return monitor_pid
+    raise RuntimeFailure(result[6:] if result.startswith("error ") else "container monitor died")
+
+
+def close_fds(holder: object, names: tuple[str, ...]) -> None:
+    """Close the fds in `holder`'s attributes `names` (once: each is set to -1)."""
+    for name in names:
+        fd = getattr(holder, name, -1)
+        if fd >= 0:
+            setattr(holder, name, -1)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def read_report(fd: int, timeout: float, until: str = "") -> tuple[int, str, bool]:
