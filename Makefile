@@ -69,6 +69,8 @@ bench: venv bytecode images bench-deps
 	$(VPY) bench/run_latency.py --cache $(CACHE)
 	$(VPY) bench/port_throughput.py --cache $(CACHE)
 	$(VPY) bench/network_setup.py --cache $(CACHE)
+	$(VPY) bench/pull.py --cache $(CACHE)
+	$(VPY) bench/registry_serve.py
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
