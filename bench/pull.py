@@ -142,22 +142,26 @@ SITE_CONF = """server {
 """
 
 
-def gzip_layers(root: Path, source: str, target: str) -> list[int]:
-    """Tag as `target` the image `source` with its plain layers gzipped; their sizes."""
+def gzip_layers(root: Path, source: str, dest: Path, target: str) -> list[int]:
+    """Store `source` of `root` in a new root `dest` as `target`, its layers gzipped.
+
+    Another root, as an image is its config: this store keeps one manifest per config.
+    Returns the gzip layers' sizes.
+    """
     from dockyard.image import reference as refs
     from dockyard.image.store import ImageStore
     from dockyard.oci import image_spec as spec
     from dockyard.storage.leases import CONTENT
 
-    store = ImageStore(str(root))
+    src, dst = ImageStore(str(root)), ImageStore(str(dest))
     try:
-        image = store.get(source)
-        manifest = json.loads(store.content.read(image.manifest_digest))
-        config_bytes = store.content.read(image.id)
+        image = src.get(source)
+        manifest = json.loads(src.content.read(image.manifest_digest))
+        config_bytes = src.content.read(image.id)
         layers: list[dict[str, object]] = []
-        with store.leases.create() as lease:
+        with dst.leases.create() as lease:
             for layer in manifest["layers"]:
-                with store.content.writer() as writer, store.content.open(layer["digest"]) as f:
+                with dst.content.writer() as writer, src.content.open(layer["digest"]) as f:
                     with gzip.GzipFile(
                         filename="", mode="wb", fileobj=writer, compresslevel=GZIP_LEVEL, mtime=0
                     ) as gz:
@@ -168,12 +172,13 @@ def gzip_layers(root: Path, source: str, target: str) -> list[int]:
                         digest = writer.commit()
                         lease.add(CONTENT, digest)
                 layers.append(spec.descriptor(spec.MEDIA_LAYER_GZIP, digest, size))
-            store.add_image(
+            dst.add_image(
                 image.config, layers, [refs.parse(target)], config_bytes=config_bytes, lease=lease
             )
         return [int(str(layer["size"])) for layer in layers]
     finally:
-        store.conn.close()
+        src.conn.close()
+        dst.conn.close()
 
 
 @dataclass
@@ -187,7 +192,8 @@ class Built:
 
 
 def build_image(base: Path, cache: Path, target: str, out: IO[str]) -> Built:
-    """The nginx image plus four committed layers, gzipped, tagged `target` in base/build."""
+    """The nginx image plus four committed layers (in base/build), gzipped: `target` in
+    base/push."""
     root = base / "build"
     dy = [DOCKYARD, "--root", str(root)]
     start = time.monotonic()
@@ -221,7 +227,7 @@ def build_image(base: Path, cache: Path, target: str, out: IO[str]) -> Built:
         image = f"localhost/bench-build:{n}"
         run([*dy, "commit", "-c", NGINX_CMD, name, image])
         run([*dy, "rm", "-f", name])
-    sizes = gzip_layers(root, image, target)
+    sizes = gzip_layers(root, image, base / "push", target)
     from dockyard.image.store import ImageStore
 
     store = ImageStore(str(root))
@@ -231,6 +237,19 @@ def build_image(base: Path, cache: Path, target: str, out: IO[str]) -> Built:
         store.conn.close()
     print(f"  built in {time.monotonic() - start:.0f} s", file=out)
     return Built(sizes, raw)
+
+
+def check_pushed(url: str, built: Built) -> None:
+    """The manifest at `url` is the gzip one built (the figures are of what the report says)."""
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        manifest = json.load(response)
+    sizes = [int(layer["size"]) for layer in manifest["layers"]]
+    types = {str(layer["mediaType"]) for layer in manifest["layers"]}
+    if sizes != built.layer_sizes or types != {"application/vnd.oci.image.layer.v1.tar+gzip"}:
+        raise BenchError(f"the registry has another manifest than the one built: {manifest}")
 
 
 # ---------------------------------------------------------------- the registry
@@ -329,10 +348,13 @@ def bench(runs: int, cache: Path, out: IO[str]) -> tuple[Times, Built, int]:
     try:
         registry = Registry(base)
         try:
-            ref = f"127.0.0.1:{registry.port}/bench/nginx-big:latest"
+            repo = f"127.0.0.1:{registry.port}/bench/nginx-big"
+            ref = f"{repo}:latest"
             built = build_image(base, cache, ref, out)
-            run([DOCKYARD, "--root", str(base / "build"), "push", "-q", "--tls-verify=false", ref])
+            run([DOCKYARD, "--root", str(base / "push"), "push", "-q", "--tls-verify=false", ref])
+            check_pushed(f"http://{repo.replace('/', '/v2/', 1)}/manifests/latest", built)
             remove_tree(base / "build")
+            remove_tree(base / "push")
             remove_tree(base / "context")
             layers = len(built.layer_sizes)
             for i in range(runs + 1):  # the first round warms caches and is not counted

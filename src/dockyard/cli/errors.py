@@ -13,6 +13,10 @@ class UsageError(ValueError):
 
 def describe(err: Exception) -> str | None:
     """The one line to print for a user error, or None for a bug (traceback)."""
+    from dockyard.build.context import ContextError
+    from dockyard.build.dockerignore import DockerignoreError
+    from dockyard.build.errors import DockerfileError
+    from dockyard.build.executor import BuildError
     from dockyard.engine.containers import EngineError
     from dockyard.engine.spec import SpecError
     from dockyard.image.changes import ChangeError
@@ -35,6 +39,10 @@ def describe(err: Exception) -> str | None:
         SpecError,
         ContentError,
         LeaseError,
+        DockerfileError,
+        BuildError,
+        ContextError,
+        DockerignoreError,
         *network_errors,
         *registry_errors,
     )

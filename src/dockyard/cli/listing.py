@@ -217,7 +217,13 @@ def images(args: argparse.Namespace) -> int:
 
     images_store = store(args)
     wanted = filters.parse(args.filter, filters.IMAGE_FILTERS)
-    kept = filters.match_images(images_store, images_store.list_images(), wanted)
+    listed = images_store.list_images()
+    if not args.all:  # the builder's intermediate images, as Docker hides them
+        from dockyard.build.cache import intermediate_ids
+
+        hidden = intermediate_ids(images_store)
+        listed = [i for i in listed if i.tags or i.repo_digests or i.id not in hidden]
+    kept = filters.match_images(images_store, listed, wanted)
     rows = image_rows(kept, args.no_trunc)
     if args.repository:
         repo, sep, tag = args.repository.rpartition(":")

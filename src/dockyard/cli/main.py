@@ -59,6 +59,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "volume": ("volumes", "manage volumes: create, ls, inspect, rm, prune"),
     "network": ("networks", "manage networks: create, ls, inspect, rm, prune, connect, …"),
     "port": ("networks", "list a container's published ports"),
+    "build": ("build", "build an image from a Dockerfile (the classic builder)"),
+    "builder": ("build", "manage the build cache: builder prune"),
     "registry": ("registry", "run an OCI registry: registry serve, registry gc"),
 }
 

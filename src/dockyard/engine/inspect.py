@@ -286,7 +286,9 @@ def _image_config(config: dict[str, Any]) -> dict[str, Any]:
         "Volumes": config.get("Volumes"),
         "WorkingDir": config.get("WorkingDir") or "",
         "Entrypoint": config.get("Entrypoint"),
-        "OnBuild": None,
+        "OnBuild": config.get("OnBuild"),
         "Labels": config.get("Labels"),
         "StopSignal": config.get("StopSignal"),
+        # Set by a build (HEALTHCHECK, SHELL); Docker shows them only when present.
+        **{k: config[k] for k in ("Healthcheck", "Shell") if config.get(k) is not None},
     }

@@ -188,6 +188,18 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (digest, registry, repository)
     ) WITHOUT ROWID;
     """,
+    # 6: the classic builder's cache (build/cache.py): a step's key (parent image,
+    # expanded instruction, source digests) → the image it made. The images stay as
+    # untagged intermediates until `builder prune` drops the entries.
+    """
+    CREATE TABLE build_cache (
+        key      TEXT PRIMARY KEY,                 -- "sha256:<hex>" of the step
+        parent   TEXT NOT NULL,                    -- the image the step ran on
+        image_id TEXT NOT NULL,
+        created  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX build_cache_image ON build_cache(image_id);
+    """,
 ]
 
 

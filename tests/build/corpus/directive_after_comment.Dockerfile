@@ -1,0 +1,5 @@
+# just a comment
+# escape=`
+FROM busybox
+RUN echo \
+  not continued with backslash

@@ -1,0 +1,6 @@
+# syntax=docker/dockerfile:1
+# check=skip=JSONArgsRecommended
+# escape=`
+FROM busybox
+RUN echo `
+  hi

@@ -1,0 +1,5 @@
+FROM scratch
+MAINTAINER Jane Doe <jane@example.com>
+ADD rootfs.tar.xz /
+CMD ["/bin/sh"]
+STOPSIGNAL 9

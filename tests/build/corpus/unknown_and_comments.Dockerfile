@@ -1,0 +1,5 @@
+# leading comment
+   # indented comment
+FROM alpine
+# RUN commented out
+RUN echo hi # not a comment
