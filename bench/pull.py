@@ -7,17 +7,18 @@ Dockerfile would add them:
     RUN  cp -a /usr/lib/x86_64-linux-gnu /opt/app/lib; cp -a /usr/share/doc /opt/app/doc
     COPY static/  /srv/app/static    ~45 MiB of "assets" (already compressed: seeded
                                      pseudo-random bytes in 90 files of 64 KiB-1 MiB)
-    COPY data/    /srv/app/data      generated text (seeded pseudo-words, 240 files)
+    COPY data/    /srv/app/data      72 MiB of generated text (seeded pseudo-words, 240 files)
     COPY site.conf /etc/nginx/conf.d/
 
 The content is the same on every run (the first layer comes from the cached
 nginx rootfs, the rest from a fixed seed; only file times differ). `commit`
 stores plain tar layers and `push` sends blobs as stored, so each layer is
-then gzipped (level 6, mtime 0: what `docker push` does) into the store under
-a new manifest with the same config, and that image is pushed with `dockyard
-push` to a reference registry (`docker-registry serve`, distribution 2.8, plain
+then gzipped (level 6, mtime 0: what `docker push` does) into a second state
+root, with a new manifest and the same config (a store keeps one manifest per
+config: a new one in the same root would be ignored), and that image is pushed
+with `dockyard push` to a reference registry (`docker-registry serve`, distribution 2.8, plain
 HTTP on a free loopback port, storage in the temp directory): about 150 MB of
-gzip layers.
+gzip layers (checked in the registry's manifest before timing).
 
 Then, alternating (the order rotated each round, one untimed warm-up round),
 each tool fetches the whole image into a fresh, empty destination, `sync`
@@ -432,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         ("  (the create)", times.create),
     ]
     for label, values in rows:
+        each = " ".join(f"{v * 1000:.0f}" for v in values)
         print(f"  {label:<22} median {ms(statistics.median(values)):>8}  "
-              f"min {ms(min(values)):>8}  max {ms(max(values)):>8}", file=report)  # fmt: skip
+              f"min {ms(min(values)):>8}  max {ms(max(values)):>8}  (rounds: {each})",
+              file=report)  # fmt: skip
     r_skopeo = med["dockyard"] / med["skopeo"]
     r_podman = med["dockyard"] / med["podman"]
     r_unpack = med["unpack"] / med["podman"]
