@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import sys
 
+from dockyard.engine.monitor_start import close_fds
+
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
     from dockyard.engine.monitor_start import MonitorSpec
@@ -95,8 +97,6 @@ class MonitorServer:
 
     def close(self) -> None:
         """Let the server go (it exits when its request pipe closes)."""
-        from dockyard.engine.monitor_start import close_fds
-
         close_fds(self, ("request_fd", "reply_fd"))
         pid, self.pid = getattr(self, "pid", 0), 0
         if pid:

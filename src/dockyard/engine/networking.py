@@ -274,13 +274,20 @@ def _write_files(
         hosts += f"{address}\t{name}\n"
     if attachments:
         hosts += f"{attachments[0]['ip']}\t{hostname}\n"
-    write_atomic(os.path.join(directory, "hosts"), hosts.encode(), durable=False)
-    write_atomic(os.path.join(directory, "hostname"), f"{hostname}\n".encode(), durable=False)
-    write_atomic(
-        os.path.join(directory, "resolv.conf"),
-        resolv_conf(config, network).encode(),
-        durable=False,
-    )
+    for name, text in (
+        ("hosts", hosts),
+        ("hostname", f"{hostname}\n"),
+        ("resolv.conf", resolv_conf(config, network)),
+    ):
+        path = os.path.join(directory, name)
+        data = text.encode()
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    continue  # (a restart, or none/host: the same as last time)
+        except FileNotFoundError:
+            pass
+        write_atomic(path, data, durable=False)
 
 
 def resolv_conf(config: dict[str, Any], network: Network | None) -> str:
