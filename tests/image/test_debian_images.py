@@ -214,6 +214,9 @@ def dy_nginx(tmp_path_factory: pytest.TempPathFactory, nginx_image: Path) -> Ite
     ids = d("ps", "-aq", "--no-trunc", check=False).stdout.split()
     if ids:
         d("rm", "-f", *ids, check=False)
+    from tests.conftest import teardown_network
+
+    teardown_network(root)  # its bridge, nft table and DNS server
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(root) not in mounts
 
