@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -21,6 +22,11 @@ def _ctx(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -
         (ctx / name).parent.mkdir(parents=True, exist_ok=True)
         (ctx / name).write_text(text)
     return ctx
+
+
+def said(out: str, line: str) -> bool:
+    """Whether a step printed `line` (BuildKit plain: `#N <seconds> <line>`)."""
+    return re.search(rf"#\d+ \d+\.\d{{3}} {re.escape(line)}\n", out) is not None
 
 
 def _config(dy: Dockyard, name: str) -> dict[str, Any]:
@@ -47,8 +53,10 @@ def test_config_instructions(dy: Dockyard, tmp_path: Path) -> None:
         "CMD hi\n"
         "ONBUILD RUN true\n",
     )
-    out = dy("build", "-t", "cfg", "--build-arg", "WHO=there", "--label", "x=y", str(ctx)).stdout
-    assert "Step 1/15 : FROM $BASE" in out and "Successfully tagged cfg:latest" in out
+    out = dy("build", "-t", "cfg", "--build-arg", "WHO=there", "--label", "x=y", str(ctx)).stderr
+    assert "[1/3] FROM docker.io/library/busybox:latest" in out
+    assert "[2/3] WORKDIR /srv" in out and "[3/3] WORKDIR app" in out
+    assert "naming to docker.io/library/cfg:latest done" in out
     c = _config(dy, "cfg")
     assert c["Env"][-2:] == ["GREETING=hello", "PLACE=there"]
     assert c["Labels"] == {"a": "b", "c d": "e", "x": "y"}
@@ -80,18 +88,21 @@ def test_run_output_failure_and_run_the_image(dy: Dockyard, tmp_path: Path) -> N
         "RUN <<EOF\necho heredoc > /w/doc\nEOF\n"
         'CMD ["cat", "/w/exec", "/w/doc"]\n',
     )
-    out = dy("build", "-t", "runner", str(ctx)).stdout
-    assert "out 1 env /w 0\n" in out
-    assert " ---> Running in " in out and "Removing intermediate container" in out
+    out = dy("build", "-t", "runner", str(ctx)).stderr
+    assert said(out, "out 1 env /w 0")
+    assert "[3/5] RUN echo out $V $E $(pwd) $(id -u)" in out and "[5/5] RUN <<EOF" in out
     assert dy("run", "--rm", "runner").stdout == "exec\nheredoc\n"
     assert dy("ps", "-aq").stdout == ""
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN true\nRUN echo before; exit 3\n")
     failed = dy("build", "-t", "broken", str(ctx), check=False)
     assert failed.returncode == 1
-    assert "before" in failed.stdout
-    assert (
-        "Dockerfile:3: The command '/bin/sh -c echo before; exit 3' returned a non-zero code: 3"
-        in failed.stderr
+    err = failed.stderr
+    # BuildKit's report: the step's output again, the Dockerfile around the line, one line.
+    assert " > [3/3] RUN echo before; exit 3:\n" in err and re.search(r"\d\.\d{3} before\n", err)
+    assert "   2 |     RUN true\n   3 | >>> RUN echo before; exit 3\n" in err
+    assert err.splitlines()[-1] == (
+        'Error: Dockerfile:3: process "/bin/sh -c echo before; exit 3" did not complete'
+        " successfully: exit code: 3 (in 'RUN echo before; exit 3')"
     )
     assert dy("ps", "-aq").stdout == ""
     assert "broken" not in dy("images").stdout
@@ -155,14 +166,14 @@ def test_multi_stage_target_and_copy_from(dy: Dockyard, tmp_path: Path) -> None:
         "COPY --from=builder /artifact /bin/busybox /\n"
         'CMD ["/busybox", "cat", "/artifact"]\n',
     )
-    out = dy("build", "-t", "multi", str(ctx)).stdout
+    out = dy("build", "-t", "multi", str(ctx)).stderr
     assert "never-run" not in out
     assert dy("run", "--rm", "multi").stdout == "built\n"
     iid = tmp_path / "iid"
     out = dy(
         "build", "--target", "builder", "--iidfile", str(iid), "-t", "a", "-t", "b:2", str(ctx)
-    ).stdout
-    assert "Step 3/" not in out and "Successfully tagged b:2" in out
+    ).stderr
+    assert "stage-2" not in out and "naming to docker.io/library/b:2 done" in out
     image_id = iid.read_text()
     assert image_id.startswith("sha256:")
     listed = dy("images", "--no-trunc", "-q", "a").stdout.split()
@@ -176,22 +187,22 @@ def test_cache(dy: Dockyard, tmp_path: Path) -> None:
         {"f": "one\n"},
     )
     first = dy("build", "-q", str(ctx)).stdout.strip()
-    again = dy("build", str(ctx)).stdout
-    assert again.count(" ---> Using cache") == 5 and "Running in" not in again
-    assert first[7:19] in again
+    again = dy("build", str(ctx)).stderr
+    assert again.count(" CACHED\n") == 4 and not said(again, "first")
+    assert f"writing image {first} done" in again
     os.utime(ctx / "f", (1, 1))
-    assert dy("build", str(ctx)).stdout.count("Using cache") == 5
+    assert dy("build", str(ctx)).stderr.count(" CACHED\n") == 4
     (ctx / "f").write_text("two\n")
-    out = dy("build", str(ctx)).stdout
-    assert out.count("Using cache") == 2 and "v=1" in out
-    out = dy("build", "--build-arg", "V=2", str(ctx)).stdout
-    assert out.count("Using cache") == 3 and "v=2" in out and "\nfirst\n" not in out
-    out = dy("build", "--no-cache", str(ctx)).stdout
-    assert "Using cache" not in out and "\nfirst\n" in out
+    out = dy("build", str(ctx)).stderr
+    assert out.count(" CACHED\n") == 1 and said(out, "v=1")
+    out = dy("build", "--build-arg", "V=2", str(ctx)).stderr
+    assert out.count(" CACHED\n") == 2 and said(out, "v=2") and not said(out, "first")
+    out = dy("build", "--no-cache", str(ctx)).stderr
+    assert "CACHED" not in out and said(out, "first")
     assert dy("images", "-q").stdout.split() != dy("images", "-aq").stdout.split()
     pruned = dy("builder", "prune", "-f").stdout
-    assert "build cache entries removed" in pruned
-    assert "Using cache" not in dy("build", str(ctx)).stdout
+    assert "build cache entries and 0 cache mounts removed" in pruned
+    assert "CACHED" not in dy("build", str(ctx)).stderr
 
 
 def test_dockerfile_from_stdin_and_tar_context(dy: Dockyard, tmp_path: Path) -> None:
@@ -203,7 +214,7 @@ def test_dockerfile_from_stdin_and_tar_context(dy: Dockyard, tmp_path: Path) -> 
         capture_output=True,
         check=True,
     )
-    assert b"Successfully tagged stdin:latest" in out.stdout
+    assert b"naming to docker.io/library/stdin:latest done" in out.stderr
     assert dy("run", "--rm", "stdin", "cat", "/x").stdout == "from-context\n"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -106,6 +106,11 @@ class Instruction:
     def value(self) -> list[str]:
         return self.args
 
+    def flag_list(self, name: str) -> list[str]:
+        """A repeatable flag's values (`--mount`, `--exclude`), [] when not given."""
+        value = self.flag_values.get(name)
+        return list(value) if isinstance(value, list) else []
+
     def pairs(self) -> list[tuple[str, str]]:
         """ENV/LABEL key/value pairs (quotes still in; expansion removes them)."""
         a = self.args

@@ -370,6 +370,8 @@ class Monitor:
         while streams or code is None:
             if code is None:
                 code = self._reap()
+                if code is not None and not streams:
+                    break  # reaped after both pipes ended: nothing left to wait for
             if code is None and self.lean_at and time.monotonic() >= self.lean_at:
                 from dockyard.engine import monitor_loop
 

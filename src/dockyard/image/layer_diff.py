@@ -71,15 +71,21 @@ def tar_header(name: str, st: os.stat_result, xattrs: dict[str, bytes]) -> tarfi
 
 
 class _Differ:
-    def __init__(self, upper: str, tar: tarfile.TarFile, lowers: list[str]) -> None:
+    def __init__(
+        self, upper: str, tar: tarfile.TarFile, lowers: list[str], clamp: int | None = None
+    ) -> None:
         self.upper = upper
         self.tar = tar
         self.lowers = lowers
+        self.clamp = clamp
         self.inodes: dict[tuple[int, int], str] = {}
 
     def info(self, name: str, st: os.stat_result, xattrs: dict[str, bytes]) -> tarfile.TarInfo:
         kept = {k: v for k, v in xattrs.items() if not k.startswith(_OVERLAY_XATTRS)}
-        return tar_header(name, st, kept)
+        info = tar_header(name, st, kept)
+        if self.clamp is not None and info.mtime > self.clamp:
+            info.mtime = self.clamp
+        return info
 
     def whiteout(self, rel: str, st: os.stat_result) -> None:
         import tarfile
@@ -89,6 +95,8 @@ class _Differ:
         info.mode = 0o644
         info.uname = info.gname = ""
         info.mtime = int(st.st_mtime)
+        if self.clamp is not None and info.mtime > self.clamp:
+            info.mtime = self.clamp
         self.tar.addfile(info)
 
     def directory(self, rel: str) -> None:
@@ -163,11 +171,18 @@ class _Differ:
         raise LayerError(f"{name}: metacopy file without its data in the given lowers")
 
 
-def diff_layer(upper: str, out: BinaryIO, *, lowers: list[str] | None = None) -> str:
+def diff_layer(
+    upper: str,
+    out: BinaryIO,
+    *,
+    lowers: list[str] | None = None,
+    mtime_clamp: int | None = None,
+) -> str:
     """Write the layer tar (uncompressed) of overlay `upper` to `out`; returns its diff_id.
 
     `lowers` (top first) are only read for files overlay copied up metadata-only
-    (`metacopy=on`); `redirect_dir` renames are refused.
+    (`metacopy=on`); `redirect_dir` renames are refused. `mtime_clamp`
+    (SOURCE_DATE_EPOCH) caps every mtime, so a rebuild gives the same bytes.
     """
     import hashlib
     import tarfile
@@ -181,7 +196,7 @@ def diff_layer(upper: str, out: BinaryIO, *, lowers: list[str] | None = None) ->
         encoding="utf-8",
         errors="surrogateescape",
     ) as tar:
-        _Differ(upper, tar, lowers or []).directory("")
+        _Differ(upper, tar, lowers or [], mtime_clamp).directory("")
     sink.flush()
     return "sha256:" + hasher.hexdigest()
 

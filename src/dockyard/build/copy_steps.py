@@ -1,0 +1,475 @@
+"""COPY and ADD: sources from the context, another stage or image, a heredoc or a URL.
+
+Sources are written into the step container's rootfs as one tar (Docker's
+directory rules: a directory's contents are copied, a trailing `/` or several
+sources make the destination a directory), then the container is committed.
+`--link` builds the layer on its own, without the parent: its cache entry
+(a one-layer image) is reused whatever the parent is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import stat
+import tarfile
+import tempfile
+
+from dockyard.build.executor import BuildError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import IO, Any
+
+    from dockyard.build.dockerignore import IgnoreMatcher
+    from dockyard.build.executor import Builder, Stage
+    from dockyard.build.instructions import Instruction
+    from dockyard.build.progress import Vertex
+
+_GLOB = "*?["
+
+
+def dir_info(name: str, uid: int, gid: int, mode: int = 0o755) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = mode
+    info.uid, info.gid = uid, gid
+    return info
+
+
+def write_tar(
+    root: str, members: list[tuple[tarfile.TarInfo, Callable[[], IO[bytes]] | None]]
+) -> None:
+    """Write `members` into `root` as one tar (the layer code's safe extraction);
+    each file is opened only while it is copied."""
+    from dockyard.image.layers import apply_layer
+
+    with tempfile.TemporaryFile() as tmp:
+        with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for info, opener in members:
+                if opener is None:
+                    tar.addfile(info)
+                else:
+                    with opener() as data:
+                        tar.addfile(info, data)
+        tmp.seek(0)
+        apply_layer(tmp, root, same_owner=True)
+
+
+def _owner(b: Builder, root: str, spec: str) -> tuple[int, int]:
+    if not spec:
+        return 0, 0
+    from dockyard.engine.users import UserError, resolve
+
+    user, _, group = spec.partition(":")
+    try:
+        uid, gid, _ = resolve(spec if group else user, [root])
+    except UserError as err:
+        raise BuildError(f"unable to convert uid/gid chown string to host mapping: {err}") from None
+    return uid, gid
+
+
+class _Source:
+    """One matched source: a path in the context, or in another image's rootfs."""
+
+    def __init__(
+        self,
+        rel: str,
+        is_dir: bool,
+        data: bytes | None = None,
+        host_path: str | None = None,
+        mtime: int = 0,
+        digest: str = "",
+    ) -> None:
+        self.rel = rel
+        self.is_dir = is_dir
+        self.data = data  # a heredoc's content
+        self.host_path = host_path  # a downloaded file (ADD <url>): mode 0600, not unpacked
+        self.mtime = mtime
+        self.digest = digest
+
+
+def _context_sources(b: Builder, pattern: str) -> list[_Source]:
+    from dockyard.build.context import ContextError
+    from dockyard.build.dockerignore import normalize_relpath
+
+    rel = normalize_relpath(pattern)
+    if any(ch in rel for ch in _GLOB):
+        depth = rel.count("/")
+        found = [
+            _Source(e.relpath, e.is_dir())
+            for e in b.context.walk(".")
+            if e.relpath.count("/") == depth and fnmatch.fnmatchcase(e.relpath, rel)
+        ]
+        if not found:
+            raise BuildError(f"COPY failed: no source files were specified ({pattern})")
+        return found
+    try:
+        first = next(iter(b.context.walk(rel)), None)
+    except ContextError:
+        first = None
+    if first is None:
+        raise BuildError(f"COPY failed: file not found in build context or excluded: {pattern}")
+    return [_Source(first.relpath, first.is_dir())]
+
+
+def _image_sources(root: str, pattern: str) -> list[_Source]:
+    import glob
+
+    rel = os.path.normpath("/" + pattern).lstrip("/") or "."
+    if any(ch in rel for ch in _GLOB):
+        names = [os.path.relpath(p, root) for p in glob.glob(os.path.join(root, rel))]
+    else:
+        names = [rel] if os.path.lexists(os.path.join(root, rel)) else []
+    if not names:
+        raise BuildError(f"COPY failed: stat {pattern}: file does not exist")
+    return [_Source(n, os.path.isdir(os.path.join(root, n))) for n in names]
+
+
+def _from_image(b: Builder, st: Stage, ref: str) -> str:
+    dep = b.find_stage(ref, st.index)
+    if dep is not None:
+        return dep.image_id
+    return b.images.get(ref).id
+
+
+def _is_url(src: str) -> bool:
+    return src.startswith(("http://", "https://"))
+
+
+def _is_git(src: str) -> bool:
+    return src.startswith(("git@", "git://")) or (
+        "://" in src and src.split("#", 1)[0].endswith(".git")
+    )
+
+
+def _fetch(b: Builder, ins: Instruction, urls: list[str], into: str) -> list[_Source]:
+    from dockyard.build.fetch import FetchError, fetch_url
+
+    checksum = str(ins.flag_values.get("checksum") or "") or None
+    if checksum and len(urls) != 1:
+        raise b.error(ins, "checksum can't be specified for multiple sources")
+    found = []
+    for url in urls:
+        try:
+            f = fetch_url(url, into, checksum)
+        except FetchError as err:
+            raise b.error(ins, str(err)) from None
+        found.append(_Source(f.filename, False, host_path=f.path, mtime=f.mtime, digest=f.digest))
+    return found
+
+
+def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = False) -> str:
+    from dockyard.build.cache import step_key
+    from dockyard.build.context import content_digest
+    from dockyard.build.parser import parse_heredoc_word
+
+    srcs, dest = list(ins.args[:-1]), ins.args[-1]
+    docs = {h.name: h for h in ins.heredocs}
+    inline = []  # COPY <<EOF /dest: each document becomes a file named after it
+    for word in list(srcs):
+        doc = parse_heredoc_word(word)
+        if doc is not None and doc.name in docs:
+            srcs.remove(word)
+            inline.append(_Source(doc.name, False, docs[doc.name].content.encode()))
+    if add and any(_is_git(s) for s in srcs):
+        raise b.error(ins, "ADD of a git repository is not supported: clone it in a RUN step")
+    urls = [s for s in srcs if _is_url(s)] if add else []
+    if ins.flag_values.get("checksum") and not urls:
+        raise b.error(ins, "checksum can't be specified for non-HTTP(S) sources")
+    srcs = [s for s in srcs if s not in urls]
+    chown = str(ins.flag_values.get("chown") or "")
+    chmod = str(ins.flag_values.get("chmod") or "")
+    try:
+        mode = int(chmod, 8) if chmod else None
+    except ValueError:
+        raise b.error(
+            ins, f"invalid chmod parameter {chmod!r}: use an octal mode like 0755"
+        ) from None
+    link = bool(ins.flag_values.get("link"))
+    if link and chown and not all(p.isdigit() for p in chown.split(":")):
+        raise b.error(ins, f"--link with --chown={chown}: give numeric ids (uid:gid)")
+    excludes = ins.flag_list("exclude")
+    exclude = None
+    if excludes:
+        from dockyard.build.dockerignore import IgnoreMatcher
+
+        exclude = IgnoreMatcher(excludes)
+    workdir = b.config(st).get("WorkingDir") or "/"
+    as_dir = dest.endswith("/") or dest.endswith("/.") or dest in (".", "/")
+    dest_abs = os.path.normpath(os.path.join(workdir, dest))
+    ref = str(ins.flag_values.get("from") or "")
+    text = f"{ins.cmd.upper()} " + " ".join(
+        [*ins.flags, *srcs, *urls, dest_abs + ("/" if as_dir else "")]
+    )
+    if len(srcs) + len(urls) + len(inline) > 1 and not as_dir:
+        raise b.error(
+            ins,
+            "When using COPY with more than one source file, the destination "
+            "must be a directory and end with a /",
+        )
+    with contextlib.ExitStack() as stack:
+        downloads = stack.enter_context(tempfile.TemporaryDirectory(dir=_tmp(b)))
+        fetched = _fetch(b, ins, urls, downloads)
+        if ref:
+            source_image = _from_image(b, st, ref)
+            digests = [source_image]
+            sources: list[_Source] = []
+        else:
+            try:
+                sources = [s for pattern in srcs for s in _context_sources(b, pattern)]
+            except BuildError as err:
+                raise b.step_error(ins, v, str(err)) from None
+            digests = [content_digest(b.context, s.rel) for s in sources]
+        digests += [f"{s.rel}\0{s.data!r}" for s in inline]
+        digests += [f"{s.rel}\0{s.digest}\0{s.mtime}" for s in fetched]
+        sources += inline + fetched
+        key = step_key(st.image_id, text, *digests)
+        hit = b.cached(key)
+        if hit:
+            v.cached()
+            return hit
+        placement = _Placement(
+            b, dest_abs, as_dir, sources, srcs if ref else [], chown, mode, add, exclude
+        )
+        if ref:
+            src_root = stack.enter_context(_ImageRoot(b, source_image).mounted())
+            placement.from_image(src_root, inline + fetched)
+        created_by = f"/bin/sh -c #(nop) {text}"
+        if link:
+            image_id = _linked(
+                b, st, placement, step_key("COPY --link", text, *digests), created_by
+            )
+            b.remember(key, st.image_id, image_id)
+        else:
+            from dockyard.build.steps import container, finish
+            from dockyard.engine.copy import _container_root
+
+            with container(b, st, ["true"], []) as c:
+                with _container_root(b.engine, c, True) as root:
+                    placement.write(root)
+                image_id = finish(b, st, c, key, created_by)
+    v.done()
+    return image_id
+
+
+def _tmp(b: Builder) -> str:
+    path = os.path.join(b.root, "tmp")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _linked(b: Builder, st: Stage, placement: _Placement, link_key: str, created_by: str) -> str:
+    """--link: the layer is made in an empty directory, cached apart from any parent."""
+    import json
+    import shutil
+
+    from dockyard.image.layer_diff import diff_layer
+    from dockyard.storage.leases import CONTENT
+
+    layer_image = b.cached(link_key)
+    if layer_image is None:
+        empty = b.empty_image()
+        scratch = tempfile.mkdtemp(dir=_tmp(b))
+        try:
+            placement.write(scratch)
+            with b.images.leases.create() as lease:
+                with lease.guard(), b.images.content.writer() as writer:
+                    diff_layer(scratch, writer, mtime_clamp=b.opts.source_date_epoch)  # type: ignore[arg-type]
+                    size = writer.offset
+                    digest = writer.commit()
+                    lease.add(CONTENT, digest)
+                layer_image = b.new_image(empty, created_by, lambda c: None, (digest, size))
+        finally:
+            shutil.rmtree(scratch)
+        b.remember(link_key, empty, layer_image)
+    image = b.images.get(layer_image)
+    top = json.loads(b.images.content.read(image.manifest_digest))["layers"][-1]
+    return b.new_image(st.image_id, created_by, lambda c: None, (top["digest"], top["size"]))
+
+
+class _Placement:
+    """Where and how a COPY's sources land in a root directory."""
+
+    def __init__(
+        self,
+        b: Builder,
+        dest: str,
+        as_dir: bool,
+        sources: list[_Source],
+        image_patterns: list[str],
+        chown: str,
+        mode: int | None,
+        add: bool,
+        exclude: IgnoreMatcher | None,
+    ) -> None:
+        self.b = b
+        self.dest = dest
+        self.as_dir = as_dir
+        self.sources = sources
+        self.image_patterns = image_patterns
+        self.chown = chown
+        self.mode = mode
+        self.add = add
+        self.exclude = exclude
+        self.src_root: str | None = None
+
+    def from_image(self, src_root: str, extra: list[_Source]) -> None:
+        self.src_root = src_root
+        self.sources = [s for p in self.image_patterns for s in _image_sources(src_root, p)]
+        self.sources += extra
+
+    def write(self, root: str) -> None:
+        uid, gid = _owner(self.b, root, self.chown)
+        _place(
+            self.b,
+            root,
+            self.dest,
+            self.as_dir or len(self.sources) > 1,
+            self.sources,
+            uid,
+            gid,
+            self.mode,
+            add=self.add,
+            src_root=self.src_root,
+            exclude=self.exclude,
+        )
+
+
+class _ImageRoot:
+    def __init__(self, b: Builder, image_id: str) -> None:
+        self.b = b
+        self.image_id = image_id
+
+    @contextlib.contextmanager
+    def mounted(self) -> Iterator[str]:
+        from dockyard.engine.copy import _container_root
+        from dockyard.engine.spec import RunOptions
+
+        c = self.b.engine.create(self.image_id, RunOptions(command=["true"], network="none"))
+        try:
+            with _container_root(self.b.engine, c, False) as root:
+                yield root
+        finally:
+            self.b.engine.remove(c.id, force=True)
+
+
+def _place(
+    b: Builder,
+    root: str,
+    dest: str,
+    dest_is_dir: bool,
+    sources: list[_Source],
+    uid: int,
+    gid: int,
+    mode: int | None,
+    add: bool,
+    src_root: str | None,
+    exclude: IgnoreMatcher | None = None,
+) -> None:
+    from dockyard.build.context import looks_like_archive
+    from dockyard.build.steps import missing_dirs
+
+    dest_rel = dest.lstrip("/")
+    into_dir = dest_is_dir or any(s.is_dir for s in sources)
+    if not into_dir and os.path.isdir(os.path.join(root, dest_rel)):
+        into_dir = True  # an existing directory
+    target_dir = dest_rel if into_dir else ""
+    parent = target_dir if into_dir else os.path.dirname(dest_rel)
+    members: list[tuple[tarfile.TarInfo, Callable[[], IO[bytes]] | None]] = []
+    members += [(dir_info(r, 0, 0), None) for r in missing_dirs(root, parent)]
+    archives: list[Callable[[], IO[bytes]]] = []
+    for s in sources:
+        base = s.rel.rstrip("/").rsplit("/", 1)[-1]
+        for rel, st_, link, opener in _entries(b, s, src_root):
+            if s.is_dir:
+                sub = rel[len(s.rel) :].lstrip("/") if s.rel != "." else rel
+                if not sub or (exclude is not None and exclude.matches(sub)):
+                    continue
+                name = _join(target_dir, sub)
+            else:
+                if exclude is not None and exclude.matches(base):
+                    continue
+                name = _join(target_dir, base) if into_dir else dest_rel
+                if add and s.host_path is None and s.data is None and stat.S_ISREG(st_.st_mode):
+                    with opener() as f:
+                        if looks_like_archive(f.read(512)):
+                            archives.append(opener)
+                            continue
+            data = opener if stat.S_ISREG(st_.st_mode) else None
+            members.append((_info(name, st_, link, uid, gid, mode), data))
+    write_tar(root, members)
+    if archives:
+        from dockyard.image.layers import apply_layer
+
+        into = os.path.join(root, parent)
+        real = os.path.realpath(into)
+        if real != os.path.realpath(root) and not real.startswith(os.path.realpath(root) + "/"):
+            raise BuildError(f"ADD: /{parent} leads outside the image (a symlink)")
+        for open_archive in archives:
+            with open_archive() as f:
+                apply_layer(f, into, same_owner=True)  # type: ignore[arg-type]
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}/{b}" if a else b
+
+
+def _entries(
+    b: Builder, s: _Source, src_root: str | None
+) -> Iterator[tuple[str, os.stat_result, str, Callable[[], IO[bytes]]]]:
+    if s.host_path is not None:
+        path = s.host_path
+        size = os.stat(path).st_size
+        fake = os.stat_result((stat.S_IFREG | 0o600, 0, 0, 1, 0, 0, size, 0, s.mtime, 0))
+        yield s.rel, fake, "", lambda: open(path, "rb")  # noqa: SIM115 - the caller closes it
+        return
+    if s.data is not None:
+        import io
+
+        data = s.data
+        fake = os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, len(data), 0, 0, 0))
+        yield s.rel, fake, "", lambda: io.BytesIO(data)
+        return
+    if src_root is None:
+        for e in b.context.walk(s.rel):
+
+            def opener(e: Any = e) -> IO[bytes]:
+                return b.context.open_entry(e)
+
+            yield e.relpath, e.stat, e.linkname, opener  # type: ignore[misc]
+        return
+    top = os.path.join(src_root, s.rel)
+    paths = [top]
+    if s.is_dir and not os.path.islink(top):
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            paths += [os.path.join(dirpath, n) for n in sorted(dirnames + filenames)]
+    for p in paths:
+        st_ = os.lstat(p)
+        link = os.readlink(p) if stat.S_ISLNK(st_.st_mode) else ""
+
+        def open_file(p: str = p) -> IO[bytes]:
+            return open(p, "rb")
+
+        yield os.path.relpath(p, src_root), st_, link, open_file
+
+
+def _info(name: str, st_: Any, link: str, uid: int, gid: int, mode: int | None) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    m = st_.st_mode
+    if stat.S_ISDIR(m):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(m):
+        info.type = tarfile.SYMTYPE
+        info.linkname = link
+    elif stat.S_ISREG(m):
+        info.size = st_.st_size
+    else:
+        raise BuildError(f"{name}: unsupported file type in a COPY source")
+    info.mode = mode if mode is not None and not stat.S_ISLNK(m) else stat.S_IMODE(m)
+    info.uid, info.gid = uid, gid
+    info.mtime = int(getattr(st_, "st_mtime", 0))
+    return info
