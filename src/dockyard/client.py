@@ -477,6 +477,14 @@ class ImageCollection:
     def remove(self, image: str, force: bool = False) -> None:
         self.store.remove(image, force=force)
 
+    def build(self, **kwargs: Any) -> tuple[Image, builtins.list[dict[str, Any]]]:
+        """docker-py's `images.build(path=…, tag=…, dockerfile=…, buildargs=…, nocache=…,
+        target=…, labels=…, pull=…, platform=…, fileobj=…)`: (the image, its build log)."""
+        from dockyard.client_build import build
+
+        record, log = build(self.client.engine, **kwargs)
+        return Image(self.client, record), log
+
     def import_tar(self, source: str | BinaryIO, repository: str | None = None) -> Image:
         """`docker import`: a root file system tar (path or binary stream) → an image."""
         if isinstance(source, str):

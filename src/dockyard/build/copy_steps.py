@@ -106,6 +106,10 @@ def _context_sources(b: Builder, pattern: str) -> list[_Source]:
         if not found:
             raise BuildError(f"COPY failed: no source files were specified ({pattern})")
         return found
+    if rel == ".." or rel.startswith("../"):
+        raise BuildError(f"COPY failed: forbidden path outside the build context: {pattern}")
+    if rel == ".":
+        return [_Source(".", True)]  # the whole context (walk(".") yields its children)
     try:
         first = next(iter(b.context.walk(rel)), None)
     except ContextError:
@@ -239,10 +243,12 @@ def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = Fals
             placement.from_image(src_root, inline + fetched)
         created_by = f"/bin/sh -c #(nop) {text}"
         if link:
-            image_id = _linked(
-                b, st, placement, step_key("COPY --link", text, *digests), created_by
-            )
+            link_key = step_key("COPY --link", text, *digests)
+            image_id, reused = _linked(b, st, placement, link_key, created_by)
             b.remember(key, st.image_id, image_id)
+            if reused:
+                v.cached()
+                return image_id
         else:
             from dockyard.build.steps import container, finish
             from dockyard.engine.copy import _container_root
@@ -261,8 +267,11 @@ def _tmp(b: Builder) -> str:
     return path
 
 
-def _linked(b: Builder, st: Stage, placement: _Placement, link_key: str, created_by: str) -> str:
-    """--link: the layer is made in an empty directory, cached apart from any parent."""
+def _linked(
+    b: Builder, st: Stage, placement: _Placement, link_key: str, created_by: str
+) -> tuple[str, bool]:
+    """--link: the layer is made in an empty directory, cached apart from any parent.
+    Returns (the new image, whether the layer came from the cache)."""
     import json
     import shutil
 
@@ -270,6 +279,7 @@ def _linked(b: Builder, st: Stage, placement: _Placement, link_key: str, created
     from dockyard.storage.leases import CONTENT
 
     layer_image = b.cached(link_key)
+    reused = layer_image is not None
     if layer_image is None:
         empty = b.empty_image()
         scratch = tempfile.mkdtemp(dir=_tmp(b))
@@ -287,7 +297,8 @@ def _linked(b: Builder, st: Stage, placement: _Placement, link_key: str, created
         b.remember(link_key, empty, layer_image)
     image = b.images.get(layer_image)
     top = json.loads(b.images.content.read(image.manifest_digest))["layers"][-1]
-    return b.new_image(st.image_id, created_by, lambda c: None, (top["digest"], top["size"]))
+    layer = (str(top["digest"]), int(top["size"]))
+    return b.new_image(st.image_id, created_by, lambda c: None, layer), reused
 
 
 class _Placement:

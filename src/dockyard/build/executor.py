@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from dockyard.build.instructions import Instruction
     from dockyard.build.progress import Progress, Vertex
     from dockyard.engine.containers import Engine
+    from dockyard.image.platforms import Platform
     from dockyard.image.store import Image, ImageStore
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -101,6 +102,7 @@ class Stage:
         self.label = ""  # `build ` / `stage-1 ` in the progress names
         self.step = 0
         self.total = 0
+        self.platform: Platform | None = None  # FROM --platform, else the build's
         # Build state while the stage runs
         self.args: dict[str, str | None] = {}
         self.cmd_set = False
@@ -328,11 +330,12 @@ class Builder:
         exp = expand_instruction(st.source, self.meta_env(), filename=self.filename)
         st.base = exp.args[0]
         platform = str(exp.flag_values.get("platform") or "")
+        st.platform = self.platform
         if platform:
             from dockyard.image import platforms
 
             try:
-                platforms.parse(platform)
+                st.platform = platforms.parse(platform)
             except platforms.PlatformError as err:
                 raise self.error(st.source, str(err)) from None
         self.used_args.update(k for k in self.meta_args if k in self.opts.build_args)
@@ -361,6 +364,7 @@ class Builder:
     def _pull(self, st: Stage, name: str, platform: str | None, v: Vertex) -> None:
         from dockyard.image import platforms
         from dockyard.image.pull import pull
+        from dockyard.image.store import ImageError
         from dockyard.registry import config
         from dockyard.registry.client_errors import RegistryError
 
@@ -368,7 +372,7 @@ class Builder:
         try:
             conf = config.load(None, self.images.root)
             pull(self.images, name, wanted, conf, None)
-        except (RegistryError, OSError) as err:
+        except (RegistryError, ImageError, OSError) as err:
             raise self.step_error(
                 st.source, v, f"failed to resolve source metadata for {name}: {err}"
             ) from None
@@ -382,6 +386,10 @@ class Builder:
         else:
             image_id = self.images.get(st.base).id
         image = self.images.get(image_id)
+        if dep is None and st.base != "scratch":
+            self._check_platform(st, image.config)
+        elif dep is not None:
+            st.platform = dep.platform
         triggers = list((image.config.get("config") or {}).get("OnBuild") or [])
         body = list(st.body)
         if triggers:
@@ -402,6 +410,21 @@ class Builder:
             if self.failed.is_set():
                 raise BuildError("build canceled: another stage failed")
             self.dispatch(st, ins)
+
+    def _check_platform(self, st: Stage, config: dict[str, Any]) -> None:
+        from dockyard.image import platforms
+
+        arch, os_name = config.get("architecture"), config.get("os")
+        if not arch or not os_name:
+            return
+        have = platforms.parse(f"{os_name}/{arch}/{config.get('variant') or ''}".rstrip("/"))
+        want = st.platform or self.platform
+        if have.os != want.os or have.architecture != want.architecture:
+            raise self.error(
+                st.source,
+                f"image {st.base} is {have}, the stage wants {want}:"
+                f" pull it with --platform {want}",
+            )
 
     def prefix(self, st: Stage) -> str:
         """BuildKit's `[name 2/5] ` before a step's name."""

@@ -270,6 +270,10 @@ def do_run(b: Builder, st: Stage, ins: Instruction, v: Vertex) -> str:
     from dockyard.build import mounts as run_mounts
     from dockyard.build.cache import step_key
 
+    if st.platform is not None and st.platform != b.build_platform:
+        raise b.step_error(
+            ins, v, f"can't RUN {st.platform} programs on a {b.build_platform} host (no emulation)"
+        )
     command = _run_command(b, st, ins)
     network = _network(b, ins)
     privileged = _privileged(b, ins)

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import argparse
 
     from dockyard.build.context import DirContext, TarContext
+    from dockyard.build.export import OutputSpec
     from dockyard.build.progress import Progress
     from dockyard.engine.containers import Engine
 
@@ -252,25 +253,23 @@ def _export_image(engine: Engine, image_id: str, tags: list[str], progress: Prog
 
 
 def _export(
-    engine: Engine, image_id: str, spec: object, tags: list[str], progress: Progress
+    engine: Engine, image_id: str, spec: OutputSpec, tags: list[str], progress: Progress
 ) -> None:
     from dockyard.build.export import export
 
-    kind = str(getattr(spec, "type", ""))
-    if kind in ("image", "registry"):
+    if not spec.handled_by_export:  # image, registry, docker without dest, cacheonly
         from dockyard.image import reference as refs
 
-        names = [n for n in str(getattr(spec, "name", "") or "").split(",") if n] or tags
-        for name in names:
+        for name in spec.names or ([] if spec.type == "cacheonly" else tags):
             engine.images.tag(image_id, str(refs.parse(name)))
-            if kind == "registry" or getattr(spec, "push", False):
+            if spec.push:
                 _push(engine, name, progress)
         return
-    dest = str(getattr(spec, "dest", "") or "")
+    where = "stdout" if spec.to_stdout else spec.dest
     v = progress.vertex(
-        "exporting to client directory" if kind == "local" else f"exporting to {kind} image format"
+        "exporting to client directory" if spec.type == "local" else "exporting to client tarball"
     )
-    v.status(f"copying files to {dest or 'stdout'}")
+    v.status(f"copying files to {where}")
     export(engine.images, image_id, spec, sys.stdout.buffer)
     v.done()
 

@@ -17,6 +17,9 @@ def describe(err: Exception) -> str | None:
     from dockyard.build.dockerignore import DockerignoreError
     from dockyard.build.errors import DockerfileError
     from dockyard.build.executor import BuildError
+    from dockyard.build.export import OutputError
+    from dockyard.build.fetch import FetchError
+    from dockyard.build.mounts import MountError
     from dockyard.engine.containers import EngineError
     from dockyard.engine.spec import SpecError
     from dockyard.image.changes import ChangeError
@@ -41,6 +44,9 @@ def describe(err: Exception) -> str | None:
         LeaseError,
         DockerfileError,
         BuildError,
+        OutputError,
+        FetchError,
+        MountError,
         ContextError,
         DockerignoreError,
         *network_errors,
