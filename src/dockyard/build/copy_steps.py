@@ -421,7 +421,22 @@ def _place(
             raise BuildError(f"ADD: /{parent} leads outside the image (a symlink)")
         for open_archive in archives:
             with open_archive() as f:
-                apply_layer(f, into, same_owner=True)  # type: ignore[arg-type]
+                apply_layer(_decompressed(f), into, same_owner=True)  # type: ignore[arg-type]
+
+
+def _decompressed(f: IO[bytes]) -> IO[bytes]:
+    """bzip2 and xz unwrapped here; the layer code reads plain, gzip and zstd itself."""
+    head = f.read(6)
+    f.seek(0)
+    if head.startswith(b"BZh"):
+        import bz2
+
+        return bz2.BZ2File(f)
+    if head.startswith(b"\xfd7zXZ\x00"):
+        import lzma
+
+        return lzma.LZMAFile(f)
+    return f
 
 
 def _join(a: str, b: str) -> str:
