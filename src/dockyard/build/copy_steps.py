@@ -42,20 +42,11 @@ def dir_info(name: str, uid: int, gid: int, mode: int = 0o755) -> tarfile.TarInf
 def write_tar(
     root: str, members: list[tuple[tarfile.TarInfo, Callable[[], IO[bytes]] | None]]
 ) -> None:
-    """Write `members` into `root` as one tar (the layer code's safe extraction);
-    each file is opened only while it is copied."""
-    from dockyard.image.layers import apply_layer
+    """Write `members` into `root` with the layer code's safe extraction (paths through
+    directory fds, symlinks kept inside root); each file is opened only while copied."""
+    from dockyard.image.layer_entries import apply_entries
 
-    with tempfile.TemporaryFile() as tmp:
-        with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for info, opener in members:
-                if opener is None:
-                    tar.addfile(info)
-                else:
-                    with opener() as data:
-                        tar.addfile(info, data)
-        tmp.seek(0)
-        apply_layer(tmp, root, same_owner=True)
+    apply_entries(members, root, same_owner=True)
 
 
 def _owner(b: Builder, root: str, spec: str) -> tuple[int, int]:
@@ -168,6 +159,7 @@ def _fetch(b: Builder, ins: Instruction, urls: list[str], into: str) -> list[_So
 def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = False) -> str:
     from dockyard.build.cache import step_key
     from dockyard.build.context import content_digest
+    from dockyard.build.copy_direct import copy_direct
     from dockyard.build.parser import parse_heredoc_word
 
     srcs, dest = list(ins.args[:-1]), ins.args[-1]
@@ -250,15 +242,27 @@ def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = Fals
                 v.cached()
                 return image_id
         else:
-            from dockyard.build.steps import container, finish
-            from dockyard.engine.copy import _container_root
-
-            with container(b, st, ["true"], []) as c:
-                with _container_root(b.engine, c, True) as root:
-                    placement.write(root)
-                image_id = finish(b, st, c, key, created_by)
+            direct = None if add else copy_direct(b, st, placement, key, created_by)
+            image_id = (
+                direct
+                if direct is not None
+                else _through_container(b, st, placement, key, created_by)
+            )
     v.done()
     return image_id
+
+
+def _through_container(
+    b: Builder, st: Stage, placement: _Placement, key: str, created_by: str
+) -> str:
+    """The copy through a step container's merged view (ADD, or a symlink to follow)."""
+    from dockyard.build.steps import container, finish
+    from dockyard.engine.copy import _container_root
+
+    with container(b, st, ["true"], []) as c:
+        with _container_root(b.engine, c, True) as root:
+            placement.write(root)
+        return finish(b, st, c, key, created_by)
 
 
 def _tmp(b: Builder) -> str:
@@ -332,12 +336,20 @@ class _Placement:
         self.sources = [s for p in self.image_patterns for s in _image_sources(src_root, p)]
         self.sources += extra
 
-    def write(self, root: str) -> None:
-        uid, gid = _owner(self.b, root, self.chown)
+    def write(
+        self,
+        root: str,
+        look: str | None = None,
+        dest: str | None = None,
+        into_dir: bool | None = None,
+    ) -> None:
+        """Write the sources into `root`. `look` (default `root`) is where the parent
+        image is seen: --chown names, whether the destination is a directory."""
+        uid, gid = _owner(self.b, look or root, self.chown)
         _place(
             self.b,
             root,
-            self.dest,
+            self.dest if dest is None else dest,
             self.as_dir or len(self.sources) > 1,
             self.sources,
             uid,
@@ -346,7 +358,13 @@ class _Placement:
             add=self.add,
             src_root=self.src_root,
             exclude=self.exclude,
+            into_dir=into_dir,
         )
+
+    def entries(
+        self, s: _Source
+    ) -> Iterator[tuple[str, os.stat_result, str, Callable[[], IO[bytes]]]]:
+        return _entries(self.b, s, self.src_root)
 
 
 class _ImageRoot:
@@ -379,14 +397,16 @@ def _place(
     add: bool,
     src_root: str | None,
     exclude: IgnoreMatcher | None = None,
+    into_dir: bool | None = None,
 ) -> None:
     from dockyard.build.context import looks_like_archive
     from dockyard.build.steps import missing_dirs
 
     dest_rel = dest.lstrip("/")
-    into_dir = dest_is_dir or any(s.is_dir for s in sources)
-    if not into_dir and os.path.isdir(os.path.join(root, dest_rel)):
-        into_dir = True  # an existing directory
+    if into_dir is None:
+        into_dir = dest_is_dir or any(s.is_dir for s in sources)
+        if not into_dir and os.path.isdir(os.path.join(root, dest_rel)):
+            into_dir = True  # an existing directory
     target_dir = dest_rel if into_dir else ""
     parent = target_dir if into_dir else os.path.dirname(dest_rel)
     members: list[tuple[tarfile.TarInfo, Callable[[], IO[bytes]] | None]] = []

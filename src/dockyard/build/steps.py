@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from dockyard.build.instructions import Instruction
     from dockyard.build.progress import Vertex
     from dockyard.engine.containers import Container
+    from dockyard.storage.leases import Lease
 
 
 # ---------------------------------------------------------------------- config
@@ -215,9 +216,67 @@ def finish(b: Builder, st: Stage, c: Container, key: str, created_by: str) -> st
         with lease.guard():
             digest, size = commit_layer(b, c)
             lease.add(CONTENT, digest)
+        _keep_snapshot(b, st, c, digest, lease)
         image_id = b.new_image(st.image_id, created_by, lambda cfg: None, (digest, size))
     b.remember(key, st.image_id, image_id)
     return image_id
+
+
+def commit_snapshot_dir(
+    b: Builder, st: Stage, upper: str, active: str, created_by: str, lease: Lease
+) -> str:
+    """Active snapshot `active` (its directory `upper`, not mounted) as the stage's next
+    image: the layer is its diff, the snapshot is committed under the layer's chain ID."""
+    from dockyard.image.layer_diff import diff_layer
+    from dockyard.oci import image_spec as spec
+    from dockyard.storage.leases import CONTENT, SNAPSHOT
+    from dockyard.storage.snapshots import SnapshotExists, SnapshotNotFound
+
+    with lease.guard(), b.images.content.writer() as writer:
+        diff_id = diff_layer(upper, writer, mtime_clamp=b.opts.source_date_epoch)  # type: ignore[arg-type]
+        size = writer.offset
+        digest = writer.commit()
+        lease.add(CONTENT, digest)
+    if digest != diff_id:
+        from dockyard.image.store import ImageError
+
+        raise ImageError(f"layer digest {digest} differs from its diff_id {diff_id}")
+    chain = spec.chain_ids([*b.images.get(st.image_id).diff_ids, diff_id])[-1]
+    lease.add(SNAPSHOT, chain)
+    try:
+        b.images.snapshots.stat(chain)
+        b.images.snapshots.remove(active)  # the same layer on the same parent is there
+    except SnapshotNotFound:
+        try:
+            b.images.snapshots.commit(chain, active)
+        except SnapshotExists:
+            b.images.snapshots.remove(active)  # another build committed it first
+    return b.new_image(st.image_id, created_by, lambda cfg: None, (digest, size))
+
+
+def _keep_snapshot(b: Builder, st: Stage, c: Container, diff_id: str, lease: Lease) -> None:
+    """The step container's snapshot becomes the new layer's (named by its chain ID), as
+    containerd commits an active snapshot: the next step stands on it without unpacking
+    the layer again, and removing the container has no upper dir left to delete."""
+    from dockyard.oci import image_spec as spec
+    from dockyard.storage.leases import SNAPSHOT
+    from dockyard.storage.snapshots import SnapshotExists, SnapshotNotFound, unmount
+
+    snapshots = b.images.snapshots
+    chain = spec.chain_ids([*b.images.get(st.image_id).diff_ids, diff_id])[-1]
+    try:
+        snapshots.stat(chain)
+        return  # the same layer on the same parent is there already
+    except SnapshotNotFound:
+        pass
+    rootfs = os.path.join(c.dir, "rootfs")
+    if os.path.ismount(rootfs):
+        unmount(rootfs)
+    lease.add(SNAPSHOT, chain)
+    try:
+        snapshots.commit(chain, f"container-{c.id}")
+    except SnapshotExists:
+        pass  # another build committed it first
 
 
 # ---------------------------------------------------------------------- RUN
