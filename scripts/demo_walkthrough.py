@@ -6,6 +6,9 @@
     dockyard ps
     dockyard logs
 
+then MISSION.md's CI/CD part: examples/pipeline/Jenkinsfile replayed (build, test,
+push to the same registry, run, curl) by scripts/pipeline.py.
+
 There is no internet here: a local `dockyard registry serve` stands in for
 Docker Hub as docker.io's mirror (a registries.conf the demo's commands are
 given through DOCKYARD_REGISTRIES_CONF). The demo pushes the project's own
@@ -78,6 +81,26 @@ def start_registry(storage: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, line.rsplit("/", 1)[-1]
 
 
+def cicd(cache: Path, registry: str) -> None:
+    """MISSION.md's CI/CD part: examples/pipeline/Jenkinsfile, replayed as the Docker
+    Pipeline plugin runs it (build, test inside, push to the registry, run, curl)."""
+    import socket
+
+    from scripts.pipeline import run as pipeline
+    from scripts.test_images import busybox_image
+
+    print("\n-- CI/CD: examples/pipeline/Jenkinsfile, the commands Jenkins would run --")
+    if not sh("images", "-q", "busybox").stdout.strip():
+        sh("import", str(busybox_image(cache).tar), "busybox")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    served = pipeline([DOCKYARD], registry, port, "1")
+    if served.strip() != "hello from my-app":
+        raise SystemExit(f"demo: the pipeline's app answered {served!r}")
+    sh("rmi", "my-app:1", f"{registry}/my-app:1", f"{registry}/my-app:latest")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -115,6 +138,7 @@ def main() -> int:
                 raise SystemExit("demo: the page is not nginx's welcome page")
             sh("ps")
             sh("logs", cid)
+            cicd(opts.cache, address)
         finally:
             if cid:
                 sh("rm", "-f", cid, check=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ class Pipeline:
         self.workspace = workspace
 
     def sh(self, *args: str, timeout: float = 300) -> str:
-        print("+ docker " + " ".join(args), flush=True)
+        print("+ docker " + shlex.join(args), flush=True)
         out = subprocess.run(
             [*self.docker, *args],
             cwd=self.workspace,
