@@ -116,10 +116,10 @@ def copy_direct(
     with images.leases.create() as lease:
         if chains:
             images.unpack(parent, lease)
-        view = os.path.join(b.root, "tmp", f"copy-view-{token}")
+        view = os.path.join(b.root, "tmp", f"{b.tmp_prefix('view')}{token}")
         os.makedirs(view, 0o700)
-        view_key = f"build-view-{token}"
-        active = f"build-copy-{token}"
+        view_key = f"{b.tmp_prefix('view')}{token}"
+        active = f"{b.tmp_prefix('copy')}{token}"
         committed = False
         try:
             if chains:

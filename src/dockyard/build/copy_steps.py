@@ -207,7 +207,9 @@ def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = Fals
             "must be a directory and end with a /",
         )
     with contextlib.ExitStack() as stack:
-        downloads = stack.enter_context(tempfile.TemporaryDirectory(dir=_tmp(b)))
+        downloads = stack.enter_context(
+            tempfile.TemporaryDirectory(dir=_tmp(b), prefix=b.tmp_prefix("add"))
+        )
         fetched = _fetch(b, ins, urls, downloads)
         if ref:
             source_image = _from_image(b, st, ref)
@@ -286,7 +288,7 @@ def _linked(
     reused = layer_image is not None
     if layer_image is None:
         empty = b.empty_image()
-        scratch = tempfile.mkdtemp(dir=_tmp(b))
+        scratch = tempfile.mkdtemp(dir=_tmp(b), prefix=b.tmp_prefix("link"))
         try:
             placement.write(scratch)
             with b.images.leases.create() as lease:

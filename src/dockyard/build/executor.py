@@ -13,6 +13,7 @@ then commit (build/copy_steps.py). Every step is looked up in the cache first
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -177,6 +178,11 @@ class Builder:
     @property
     def images(self) -> ImageStore:
         return self.engine.images
+
+    def tmp_prefix(self, what: str) -> str:
+        """`build-<pid>-<what>-`: names under <root>/tmp and snapshot keys that
+        `system check` can tell from a live build's (engine/check.py)."""
+        return f"build-{os.getpid()}-{what}-"
 
     def error(self, ins: Instruction, message: str) -> DockerfileError:
         return DockerfileError(message, ins.start_line, ins.end_line, ins.original, self.filename)

@@ -217,7 +217,9 @@ def prepared(
         os.makedirs(tmp, exist_ok=True)
 
         def scratch() -> str:
-            return stack.enter_context(tempfile.TemporaryDirectory(dir=tmp, prefix="mount-"))
+            return stack.enter_context(
+                tempfile.TemporaryDirectory(dir=tmp, prefix=b.tmp_prefix("mount"))
+            )
 
         for m in specs:
             if m.type == "bind":

@@ -166,6 +166,7 @@ def container(
 ) -> Iterator[Container]:
     """A created container on the stage's image; removed (with its anonymous volumes:
     a VOLUME's contents never reach a layer) whatever happens."""
+    from dockyard.engine.check import BUILD_LABEL
     from dockyard.engine.spec import RunOptions
 
     config = b.config(st)
@@ -178,6 +179,7 @@ def container(
         network=network,
         mounts=mounts or [],
         privileged=privileged,
+        labels={BUILD_LABEL: str(os.getpid())},  # system check: a killed build's step
     )
     c = b.engine.create(st.image_id, opts)
     try:

@@ -28,6 +28,7 @@ STALE_INGEST_SECONDS = 3600.0
 # A create or unpack in progress in another process looks like an orphan for a
 # moment (directory or snapshot made, row not yet written): leave young ones be.
 GRACE_SECONDS = 60.0
+BUILD_LABEL = "dockyard.build.pid"  # on a build step's container: the builder's pid
 
 
 def _young(path: str) -> bool:
@@ -45,6 +46,44 @@ def _unpacker_alive(key: str) -> bool:
 
     pid = key.split("-", 2)[1]
     return pid.isdigit() and pid_start_time(int(pid)) is not None
+
+
+def _remove_build_snapshot(engine: Engine, key: str) -> None:
+    """A dead build's view or active snapshot (build-<pid>-…), unmounted first."""
+    from dockyard.storage.snapshots import SnapshotNotFound, unmount_all
+
+    where = os.path.join(engine.root, "tmp", key)
+    if os.path.isdir(where):
+        unmount_all(where)  # (a bind of one layer: ismount can't tell on the same fs)
+    try:
+        engine.images.snapshots.remove(key)
+    except SnapshotNotFound:
+        pass
+
+
+def _build_leftovers(engine: Engine, repair: bool) -> list[Finding]:
+    """What a killed build left under <root>/tmp (build-<pid>-…): mount points,
+    downloads, secret files of RUN mounts."""
+    import shutil
+
+    from dockyard.storage.snapshots import unmount_all
+
+    tmp = os.path.join(engine.root, "tmp")
+    try:
+        names = sorted(os.listdir(tmp))
+    except FileNotFoundError:
+        return []
+    findings = []
+    for name in names:
+        if not name.startswith("build-") or _unpacker_alive(name):
+            continue
+        findings.append(Finding("build", f"leftover of a killed build: tmp/{name}", repair))
+        if repair:
+            path = os.path.join(tmp, name)
+            if os.path.isdir(path):
+                unmount_all(path)
+            shutil.rmtree(path, ignore_errors=True)
+    return findings
 
 
 def _start_lock(container: Container) -> int | None:
@@ -84,6 +123,7 @@ def check(engine: Engine, repair: bool = False) -> list[Finding]:
     findings += _images(engine)
     findings += _snapshots(engine, repair)
     findings += _containers(engine, repair)
+    findings += _build_leftovers(engine, repair)
     findings += _network(engine, repair)
     return findings
 
@@ -164,7 +204,16 @@ def _containers(engine: Engine, repair: bool) -> list[Finding]:
 
     findings: list[Finding] = []
     known = {c.id: c for c in engine.list_containers(all=True)}
-    for container in known.values():
+    for container in list(known.values()):
+        builder = str((container.config.get("Labels") or {}).get(BUILD_LABEL) or "")
+        if builder and not _unpacker_alive(f"build-{builder}"):
+            findings.append(
+                Finding("build", f"{container.id[:12]}: step of a killed build", repaired=repair)
+            )
+            if repair:
+                engine.remove(container.id, force=True, volumes=True)
+                del known[container.id]
+            continue
         if not os.path.exists(os.path.join(container.dir, "config.json")):
             findings.append(Finding("containers", f"{container.id[:12]}: bundle is missing"))
         try:
@@ -234,6 +283,10 @@ def _containers(engine: Engine, repair: bool) -> list[Finding]:
             )
             if repair:
                 engine.images.snapshots.remove(key)
+        elif key.startswith("build-") and not _unpacker_alive(key):
+            findings.append(Finding("snapshots", f"unfinished build step {key}", repaired=repair))
+            if repair:
+                _remove_build_snapshot(engine, key)
         elif key.startswith("extract-") and not _unpacker_alive(key):
             findings.append(Finding("snapshots", f"unfinished layer unpack {key}", repaired=repair))
             if repair:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import IO
 
+
 class _EntryApplier(_Applier):
     def __init__(self, root: _Root, same_owner: bool) -> None:
         super().__init__(root, None, same_owner)  # type: ignore[arg-type]
