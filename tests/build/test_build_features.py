@@ -250,3 +250,32 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     assert dy("ps", "-aq").stdout == ""
     tmp = dy.root / "tmp"
     assert not tmp.exists() or not list(tmp.iterdir())
+
+
+def test_file_flag_proxy_args_copy_from_image_and_quiet(dy: Dockyard, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, "", {"keep": "k\n", "drop.tmp": "d\n"})
+    elsewhere = tmp_path / "build.Dockerfile"
+    elsewhere.write_text(
+        "FROM busybox\n"
+        "RUN echo proxy=$HTTP_PROXY\n"
+        "COPY --from=busybox /bin/busybox /opt/\n"
+        "COPY . /ctx/\n"
+    )
+    # <Dockerfile>.dockerignore beside the Dockerfile wins over the context's .dockerignore
+    (tmp_path / "build.Dockerfile.dockerignore").write_text("*.tmp\n")
+    out = dy(
+        "build",
+        "-f",
+        str(elsewhere),
+        "--build-arg",
+        "HTTP_PROXY=http://proxy:3128",
+        "-t",
+        "flags",
+        str(ctx),
+    ).stderr
+    assert said(out, "proxy=http://proxy:3128")
+    assert "proxy:3128" not in dy("history", "--no-trunc", "flags").stdout
+    listed = dy("run", "--rm", "flags", "sh", "-c", "ls /ctx; /opt/busybox true && echo bb").stdout
+    assert listed.split() == ["Dockerfile", "keep", "bb"]
+    quiet = dy("build", "--progress", "quiet", str(ctx), "-f", str(elsewhere))
+    assert quiet.stderr == "" and quiet.stdout.startswith("sha256:")
