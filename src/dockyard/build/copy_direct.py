@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from dockyard.build.executor import Builder, Stage
     from dockyard.storage.snapshots import Mount
 
-_MAX_LINKS = 40
 _SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 
@@ -35,33 +34,11 @@ class _Fallback(Exception):
 
 
 def resolve_in(root: str, rel: str) -> str:
-    """`rel` with every symlink on the way resolved inside `root` (as chroot would);
-    the part that doesn't exist yet is kept as given."""
-    todo = [p for p in rel.split("/") if p not in ("", ".")][::-1]
-    done: list[str] = []
-    links = 0
-    while todo:
-        part = todo.pop()
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        path = os.path.join(root, *done, part)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return "/".join([*done, part, *todo[::-1]])
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > _MAX_LINKS:
-                raise OSError(f"{rel}: too many levels of symbolic links")
-            target = os.readlink(path)
-            if target.startswith("/"):
-                done = []
-            todo += [p for p in target.split("/") if p not in ("", ".")][::-1]
-            continue
-        done.append(part)
-    return "/".join(done)
+    """`rel` with every symlink on the way resolved inside `root` (as chroot would)."""
+    from dockyard.runtime.mounts import secure_join
+
+    resolved = os.path.relpath(secure_join(root, rel), root)
+    return "" if resolved == "." else resolved
 
 
 def _upper(mounts: list[Mount]) -> str:

@@ -356,32 +356,14 @@ def _archive(store: ImageStore, image: Image, tags: list[refs.Reference], out: B
 
 def _write_file(path: str, write: Callable[[BinaryIO], None]) -> None:
     """temp + fsync + rename beside `path`: the old file or the whole new one, never half."""
-    import tempfile
 
     path = os.path.abspath(path)
     if os.path.isdir(path):
         raise OutputError(f"destination file {path} is a directory: give a file name")
-    directory, base = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
-    try:
-        with open(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fchmod(out.fileno(), 0o666 & ~_umask())  # what os.Create (buildx) makes
-            os.fsync(out.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    from dockyard.runtime.state import write_atomic_stream
+
+    write_atomic_stream(path, write, 0o666 & ~_umask())  # the mode os.Create (buildx) makes
 
 
 def _umask() -> int:

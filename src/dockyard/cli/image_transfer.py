@@ -7,7 +7,6 @@ modules add their own subcommands to IMAGE_SUBCOMMANDS.
 
 from __future__ import annotations
 
-import os
 import sys
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
@@ -102,24 +101,9 @@ def _write_output(path: str | None, write: Callable[[BinaryIO], None]) -> None:
         write(sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return
-    import secrets
+    from dockyard.runtime.state import write_atomic_stream
 
-    temp = os.path.join(
-        os.path.dirname(os.path.abspath(path)),
-        f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp",
-    )
-    try:
-        with open(temp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic_stream(path, write)
 
 
 # ---------------------------------------------------------------------------- verbs

@@ -16,7 +16,8 @@ from dockyard.runtime.errors import RuntimeFailure
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy reads this as True
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, BinaryIO
 
 DEFAULT_ROOT = "/run/dockyard-runtime"
 STATE_FILE = "state.json"
@@ -166,6 +167,36 @@ class StateRoot:
         except FileNotFoundError:
             return []
         return sorted(n for n in names if os.path.exists(os.path.join(self.root, n, STATE_FILE)))
+
+
+def write_atomic_stream(
+    path: str, write: Callable[[BinaryIO], object], mode: int | None = None
+) -> None:
+    """`write(file)` into a temp file beside `path`, fsync, rename, fsync the directory:
+    readers (and a crash) see the old file or the whole new one, never half."""
+    import tempfile
+
+    directory, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
+    try:
+        with open(fd, "wb") as out:
+            write(out)
+            out.flush()
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
