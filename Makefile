@@ -9,9 +9,10 @@ VPY         := $(VENV)/bin/python
 DEB_PKGS    := python3 python3-venv ca-certificates iproute2 libseccomp2 busybox-static \
                runc crun umoci podman conmon uidmap skopeo hyperfine time tini \
                nftables conntrack debootstrap curl docker-registry apache2-utils
-# Only for `make bench` (the docker peer of the benchmarks, wrk for bench/port_throughput.py);
+# Only for `make bench` (the docker peer of the benchmarks, wrk for bench/port_throughput.py,
+# buildah for bench/build.py);
 # `make test` does not install them.
-BENCH_PKGS  := docker.io wrk
+BENCH_PKGS  := docker.io wrk buildah
 CACHE       ?= /var/cache/dockyard-test
 PYTEST_ARGS ?=
 
@@ -71,6 +72,7 @@ bench: venv bytecode images bench-deps
 	$(VPY) bench/network_setup.py --cache $(CACHE)
 	$(VPY) bench/pull.py --cache $(CACHE)
 	$(VPY) bench/registry_serve.py
+	$(VPY) bench/build.py --cache $(CACHE)
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
