@@ -228,6 +228,9 @@ def test_stdin_dockerfile_alone_and_tar_with_dockerignore(dy: Dockyard, tmp_path
     ("dockerfile", "message"),
     [
         ("FROM busybox\nFOO bar\n", "Dockerfile:2: unknown instruction: FOO"),
+        ('FROM busybox\nENV A="abc\n', "looking for matching double-quote"),
+        ("FROM busybox AS a\nFROM busybox AS a\n", 'Dockerfile:2: duplicate stage name "a"'),
+        ("FROM busybox\nRUN --network=bogus true\n", "unsupported network mode 'bogus'"),
         ("FROM busybox\nCOPY --nope a b\n", "Dockerfile:2: unknown flag: --nope"),
         ("FROM busybox\nRUN <<EOF\necho\n", "unterminated heredoc"),
         ("FROM busybox\nCOPY ../outside /x\n", "outside the build context"),

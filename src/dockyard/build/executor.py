@@ -140,6 +140,8 @@ class Builder:
         for ins in instructions:
             if ins.cmd == "from":
                 name = ins.args[2].lower() if len(ins.args) == 3 else None
+                if name is not None and any(st.name == name for st in self.stages):
+                    raise self.error(ins, f'duplicate stage name "{name}": give each stage its own')
                 self.stages.append(Stage(len(self.stages), ins, name))
             elif not self.stages:
                 if ins.cmd != "arg":
