@@ -247,3 +247,49 @@ def test_same_tar_from_the_same_tree(tmp_path: Path) -> None:
     apply_layer(io.BytesIO(out_one.getvalue()), str(three))
     assert os.getxattr(three / "x/y", "user.a") == b"\xff\x00binary"
     assert tree(three) == tree(one)
+
+
+def test_writer_gives_tarfiles_bytes(tmp_path: Path) -> None:
+    """The hand-written ustar headers are byte for byte what tarfile's PAX writer makes,
+    and tarfile's own header is used where PAX is needed (long or non-ASCII names,
+    xattrs, big ids), so diff_ids stay what they were."""
+    from dockyard.image import layer_diff
+
+    root = tmp_path / "upper"
+    (root / "a" / "b" / ("x" * 97)).mkdir(parents=True)
+    (root / "a" / "f").write_text("hello")
+    (root / "a" / ("é" * 10)).write_text("u")
+    (root / "a" / "b" / ("z" * 120)).write_text("long")
+    os.symlink("/" + "t" * 150, root / "a" / "longlink")
+    os.symlink("../f", root / "a" / "b" / "rel")
+    os.link(root / "a" / "f", root / "a" / "hard")
+    os.mkfifo(root / "fifo")
+    os.mknod(root / "gone", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.setxattr(root / "a" / "f", "user.test", b"v")
+    (root / "big").write_bytes(os.urandom(70_001))
+    os.chmod(root / "big", 0o4755)
+    os.chown(root / "big", 1000, 3_000_000)
+    os.utime(root / "a" / "hard", (0, 2**34))
+    for i in range(20):
+        (root / "a" / f"n{i}").write_bytes(b"x" * (i * 97))
+
+    class TarfileShim:
+        def __init__(self, tar: tarfile.TarFile) -> None:
+            self.tar = tar
+
+        def addfile(self, info: tarfile.TarInfo, fd: int | None = None) -> None:
+            if fd is None:
+                self.tar.addfile(info)
+            else:
+                with os.fdopen(os.dup(fd), "rb") as data:
+                    self.tar.addfile(info, data)
+
+    expected = io.BytesIO()
+    with tarfile.open(
+        fileobj=expected, mode="w|", format=tarfile.PAX_FORMAT, errors="surrogateescape"
+    ) as tar:
+        layer_diff._Differ(str(root), TarfileShim(tar), []).directory("")  # type: ignore[arg-type]
+    written = io.BytesIO()
+    layer_diff.diff_layer(str(root), written)
+    assert written.getvalue() == expected.getvalue()

@@ -70,9 +70,97 @@ def tar_header(name: str, st: os.stat_result, xattrs: dict[str, bytes]) -> tarfi
     return info
 
 
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tarfile pads the archive to whole records: the same bytes here
+_USTAR_MAX = {"mode": 8**7, "uid": 8**7, "gid": 8**7, "size": 8**11, "mtime": 8**11}
+
+
+def _octal(n: int, digits: int) -> bytes:
+    return b"%0*o\0" % (digits - 1, n)
+
+
+def header_bytes(info: tarfile.TarInfo) -> bytes:
+    """`info.tobuf(PAX_FORMAT)`, without tarfile's per-field checks when a plain
+    ustar header says it all (the bytes are the same either way)."""
+    import tarfile
+
+    name = info.name.encode("utf-8", "surrogateescape")
+    link = info.linkname.encode("utf-8", "surrogateescape")
+    if (
+        info.pax_headers
+        or len(name) > 100
+        or len(link) > 100
+        or not name.isascii()
+        or not link.isascii()
+        or info.uname
+        or info.gname
+        or isinstance(info.mtime, float)
+        or any(not 0 <= getattr(info, k) < top for k, top in _USTAR_MAX.items())
+        or not 0 <= info.devmajor < 8**7
+        or not 0 <= info.devminor < 8**7
+    ):
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    if info.type == tarfile.DIRTYPE and not name.endswith(b"/"):
+        name += b"/"  # as tarfile writes a directory's name
+        if len(name) > 100:
+            return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        devices = _octal(info.devmajor, 8) + _octal(info.devminor, 8)
+    else:
+        devices = b"\0" * 16  # tarfile leaves them empty for other types
+    buf = bytearray(
+        name.ljust(100, b"\0")
+        + _octal(info.mode & 0o7777, 8)
+        + _octal(info.uid, 8)
+        + _octal(info.gid, 8)
+        + _octal(info.size, 12)
+        + _octal(int(info.mtime), 12)
+        + b"        "
+        + info.type
+        + link.ljust(100, b"\0")
+        + b"ustar\x0000"
+        + b"\0" * 64
+        + devices
+        + b"\0" * 155
+    ).ljust(_BLOCK, b"\0")
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
+class _TarWriter:
+    """The layer tar, written as tarfile's streaming PAX writer would (same bytes)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.offset = 0
+
+    def addfile(self, info: tarfile.TarInfo, fd: int | None = None) -> None:
+        buf = header_bytes(info)
+        self.out.write(buf)
+        self.offset += len(buf)
+        if fd is None or not info.size:
+            return
+        left = info.size
+        while left:
+            chunk = os.read(fd, min(left, _CHUNK))
+            if not chunk:
+                raise LayerError(f"{info.name}: the file shrank while its layer was written")
+            self.out.write(chunk)
+            left -= len(chunk)
+        pad = -info.size % _BLOCK
+        if pad:
+            self.out.write(b"\0" * pad)
+        self.offset += info.size + pad
+
+    def close(self) -> None:
+        end = _BLOCK * 2
+        end += -(self.offset + end) % _RECORD
+        self.out.write(b"\0" * end)
+
+
 class _Differ:
     def __init__(
-        self, upper: str, tar: tarfile.TarFile, lowers: list[str], clamp: int | None = None
+        self, upper: str, tar: _TarWriter, lowers: list[str], clamp: int | None = None
     ) -> None:
         self.upper = upper
         self.tar = tar
@@ -155,10 +243,12 @@ class _Differ:
         if _any(xattrs, _METACOPY) is not None:
             source = self.lower_data(info.name, xattrs)
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(fd, "rb") as data:
+        try:
             info.type = tarfile.REGTYPE
             info.size = os.fstat(fd).st_size
-            self.tar.addfile(info, data)
+            self.tar.addfile(info, fd)
+        finally:
+            os.close(fd)
 
     def lower_data(self, name: str, xattrs: dict[str, bytes]) -> str:
         """The lower file holding the data of a metacopy-only upper file."""
@@ -185,18 +275,12 @@ def diff_layer(
     (SOURCE_DATE_EPOCH) caps every mtime, so a rebuild gives the same bytes.
     """
     import hashlib
-    import tarfile
 
     hasher = hashlib.sha256()
     sink = _Counting(out, hasher)
-    with tarfile.open(
-        fileobj=_io(sink),
-        mode="w|",
-        format=tarfile.PAX_FORMAT,
-        encoding="utf-8",
-        errors="surrogateescape",
-    ) as tar:
-        _Differ(upper, tar, lowers or [], mtime_clamp).directory("")
+    tar = _TarWriter(sink)  # type: ignore[arg-type]
+    _Differ(upper, tar, lowers or [], mtime_clamp).directory("")
+    tar.close()
     sink.flush()
     return "sha256:" + hasher.hexdigest()
 
