@@ -249,7 +249,12 @@ def test_tar_and_dir_digests_agree(tmp_path: Path) -> None:
 # --- content digest -------------------------------------------------------------------
 
 
-def test_digest_ignores_times_tracks_content_and_mode(tmp_path: Path) -> None:
+def test_digest_ignores_times_tracks_content_and_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dockyard.build import context
+
+    monkeypatch.setattr(context, "_RACY_NS", 0)  # cache the files written just now too
     make_tree(tmp_path, TREE)
     cache = HashCache()
     first = content_digest(tmp_path, cache=cache)
@@ -323,3 +328,34 @@ def test_stdin_context(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         assert isinstance(ctx, TarContext)
         assert "src/main.go" in names(ctx.walk())
     assert isinstance(open_context(tmp_path), DirContext)
+
+
+def test_hash_cache_persists_but_not_racy_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Digests outlive the process (a rebuild hashes only what changed); a file changed
+    in the last seconds is hashed again, since its times could stay put on a change."""
+    from dockyard.build import context
+
+    root = tmp_path / "ctx"
+    root.mkdir()
+    (root / "f").write_text("one")
+    ctx = DirContext(root)
+    entry = next(iter(ctx.walk("f")))
+    fresh = HashCache()
+    ctx.file_sha256(entry, fresh)
+    assert len(fresh) == 0  # just written: racy, not kept
+    monkeypatch.setattr(context, "_RACY_NS", 0)
+    digest = ctx.file_sha256(entry, fresh)
+    saved = tmp_path / "digests"
+    fresh.save(str(saved))
+    again = HashCache()
+    again.load(str(saved))
+    assert again.get(context._stat_key(entry.stat)) == digest
+    (root / "f").write_text("two")  # same size, new ctime: another key
+    changed = next(iter(ctx.walk("f")))
+    assert again.get(context._stat_key(changed.stat)) is None
+    saved.write_bytes(b"not marshal")
+    broken = HashCache()
+    broken.load(str(saved))
+    assert len(broken) == 0

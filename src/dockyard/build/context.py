@@ -26,6 +26,7 @@ import os
 import stat
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from dockyard.build.dockerignore import IgnoreMatcher, normalize_relpath
@@ -97,6 +98,7 @@ class HashCache:
     def __init__(self, limit: int = 500_000) -> None:
         self.limit = limit
         self._digests: dict[tuple[int, int, int, int, int], str] = {}
+        self.loaded = -1  # how many entries load() left: save() skips an unchanged cache
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -112,8 +114,33 @@ class HashCache:
     def clear(self) -> None:
         self._digests.clear()
 
+    def load(self, path: str) -> None:
+        """Add the digests a previous build saved at `path` (none if it can't be read)."""
+        import marshal
+
+        try:
+            with open(path, "rb") as f:
+                saved = marshal.load(f)
+        except (OSError, EOFError, ValueError, TypeError):
+            return
+        if isinstance(saved, dict) and len(saved) < self.limit:
+            self._digests.update(saved)
+            self.loaded = len(self._digests)
+
+    def save(self, path: str) -> None:
+        """Keep the digests for the next build (when something was added)."""
+        import marshal
+
+        from dockyard.runtime.state import write_atomic
+
+        if len(self._digests) == self.loaded:
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, marshal.dumps(self._digests), 0o600, durable=False)
+
 
 DEFAULT_CACHE = HashCache()
+_RACY_NS = 2_000_000_000
 
 
 def _stat_key(st: StatLike) -> tuple[int, int, int, int, int]:
@@ -261,7 +288,10 @@ class DirContext(_Context):
             before = os.fstat(f.fileno())
             digest = hashlib.file_digest(f, "sha256").hexdigest()
             after = os.fstat(f.fileno())
-        if cache is not None and _stat_key(before) == _stat_key(after) == key:
+        # A file changed within the last seconds could change again without its times
+        # moving (they tick coarsely): its digest is not kept (git's "racily clean").
+        racy = time.time_ns() - after.st_ctime_ns < _RACY_NS
+        if cache is not None and not racy and _stat_key(before) == _stat_key(after) == key:
             cache.put(key, digest)
         return digest
 

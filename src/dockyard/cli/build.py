@@ -223,8 +223,14 @@ def _build(engine: Engine, args: argparse.Namespace) -> int:
             source_date_epoch=_epoch(build_args),
             dockerfile=text.decode("utf-8", "replace"),
         )
+        from dockyard.build.context import DEFAULT_CACHE
+
+        # File digests outlive the process: a rebuild hashes only what changed.
+        digests = os.path.join(engine.root, "build", "digests")
+        DEFAULT_CACHE.load(digests)
         builder = Builder(engine, ctx, instructions, opts, filename)
         image_id = builder.build()
+        DEFAULT_CACHE.save(digests)
     _export_image(engine, image_id, tags, progress)
     for spec in outputs:
         _export(engine, image_id, spec, tags, progress)
