@@ -62,6 +62,10 @@ def _prune(engine: Engine) -> int:
     for image_id in deleted:
         print(f"Deleted: {image_id}")
     mounts = prune_cache_mounts(engine.root)
+    try:
+        os.unlink(os.path.join(engine.root, "build", "digests"))  # the context digests
+    except FileNotFoundError:
+        pass
     print(f"Total: {count} build cache entries and {mounts} cache mounts removed")
     return 0
 
