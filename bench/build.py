@@ -73,12 +73,11 @@ from bench.run_latency import (
     DOCKER,
     DOCKERD,
     DOCKERD_HOST_PATHS,
-    DOCKERD_STOP_TIMEOUT,
     cleanup_private_dockerd,
-    docker_ids,
     mounts_under,
+    remove_created,
     start_dockerd,
-    stop_process,
+    stop_private_dockerd,
 )
 from scripts.debian_images import DEBIAN_CHANGES, DEFAULT_CACHE, debian_base
 
@@ -309,22 +308,8 @@ def docker_tool(base: Path, tar: Path, env: dict[str, str], notes: list[str]) ->
             f"docker {version} classic builder, {driver}",
         )
     finally:
-        if proc:
-            host = f"unix://{private / 'docker.sock'}"
-            ids = docker_ids(host)
-            if ids:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    subprocess.run(
-                        [DOCKER, "-H", host, "rm", "-f", *ids], capture_output=True, timeout=60
-                    )
-            stop_process(proc, DOCKERD_STOP_TIMEOUT)
-        cleanup_private_dockerd(private)
-        for path in absent:
-            with contextlib.suppress(OSError):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    os.rmdir(path)
-                else:
-                    os.unlink(path)
+        stop_private_dockerd(proc, private)
+        remove_created(absent)
 
 
 @contextlib.contextmanager

@@ -49,9 +49,10 @@ from bench.run_latency import (
     SYSTEM_DOCKER_SOCK,
     cleanup_private_dockerd,
     docker_answers,
-    docker_ids,
     mounts_under,
     pids_mentioning,
+    remove_created,
+    stop_private_dockerd,
     stop_process,
 )
 
@@ -509,28 +510,11 @@ def docker_nat_peer(
             return
         yield DockerPeer([DOCKER, "-H", f"unix://{private / 'docker.sock'}"], description)
     finally:
-        if proc:
-            host = f"unix://{private / 'docker.sock'}"
-            ids = docker_ids(host)
-            if ids:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    subprocess.run(
-                        [DOCKER, "-H", host, "rm", "-f", *ids],
-                        capture_output=True,
-                        timeout=60,
-                        check=False,
-                    )
-            stop_process(proc, DOCKERD_STOP_TIMEOUT)
-        cleanup_private_dockerd(private)
+        stop_private_dockerd(proc, private)
         _kill_proxies(subnet)
         remove_docker_rules(before, DOCKER_BRIDGE, subnet, notes)
         if os.path.exists(f"/sys/class/net/{DOCKER_BRIDGE}"):
             subprocess.run([IP, "link", "del", DOCKER_BRIDGE], capture_output=True, check=False)
         restore_sysctls(before, notes)
-        for path in absent:
-            with contextlib.suppress(OSError):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    os.rmdir(path)
-                else:
-                    os.unlink(path)
+        remove_created(absent)
         report_host_diff(before, "docker", notes)

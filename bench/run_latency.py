@@ -225,23 +225,35 @@ def docker_peer(base: Path, notes: list[str]) -> Iterator[list[str] | None]:
             return
         yield [DOCKER, "-H", f"unix://{private / 'docker.sock'}"]
     finally:
-        if proc:
-            host = f"unix://{private / 'docker.sock'}"
+        stop_private_dockerd(proc, private)
+        remove_created(absent)
+
+
+def stop_private_dockerd(proc: subprocess.Popen[bytes] | None, private: Path) -> None:
+    """Remove the private dockerd's containers, stop it, remove its directories."""
+    if proc:
+        host = f"unix://{private / 'docker.sock'}"
+        ids = docker_ids(host)
+        if ids:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(
-                    [DOCKER, "-H", host, "rm", "-f", *docker_ids(host)],
+                    [DOCKER, "-H", host, "rm", "-f", *ids],
                     capture_output=True,
                     timeout=60,
                     check=False,
                 )
-            stop_process(proc, DOCKERD_STOP_TIMEOUT)
-        cleanup_private_dockerd(private)
-        for path in absent:
-            with contextlib.suppress(OSError):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    os.rmdir(path)
-                else:
-                    os.unlink(path)
+        stop_process(proc, DOCKERD_STOP_TIMEOUT)
+    cleanup_private_dockerd(private)
+
+
+def remove_created(paths: list[str]) -> None:
+    """Remove the host paths dockerd created that were absent before it started."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
 
 
 def docker_ids(host: str) -> list[str]:
