@@ -282,3 +282,25 @@ def test_file_flag_proxy_args_copy_from_image_and_quiet(dy: Dockyard, tmp_path: 
     assert listed.split() == ["Dockerfile", "keep", "bb"]
     quiet = dy("build", "--progress", "quiet", str(ctx), "-f", str(elsewhere))
     assert quiet.stderr == "" and quiet.stdout.startswith("sha256:")
+
+
+def test_concurrent_builds_share_one_cache(dy: Dockyard, tmp_path: Path) -> None:
+    files = {f"src/f{i}": f"{i}\n" for i in range(50)}
+    ctx = _ctx(
+        tmp_path,
+        "FROM busybox AS a\nCOPY src /src\nRUN cat /src/* | wc -l > /count\n"
+        "FROM busybox\nCOPY --from=a /count /count\n",
+        files,
+    )
+    argv = [DOCKYARD, "--root", str(dy.root), "build", "-q", str(ctx)]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in results]
+    assert "consistent" in dy("system", "check").stdout
+    image = results[0][0].decode().strip()
+    assert dy("run", "--rm", image, "cat", "/count").stdout.strip() == "50"
+    # Afterwards every step is a cache hit, whichever build wrote it.
+    again = dy("build", str(ctx)).stderr
+    assert again.count(" CACHED\n") == 3
