@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from dockyard.client_build import BuildError
 from dockyard.client_running import ExecResult, ExecStream
 from dockyard.client_volumes import Volume, VolumeCollection, VolumeError, VolumeNotFound
 from dockyard.engine.containers import Container as _Record
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from dockyard.image.store import Image as _ImageRecord
 
 __all__ = [
+    "BuildError",
     "Client",
     "Container",
     "ContainerError",
@@ -479,7 +481,8 @@ class ImageCollection:
 
     def build(self, **kwargs: Any) -> tuple[Image, builtins.list[dict[str, Any]]]:
         """docker-py's `images.build(path=…, tag=…, dockerfile=…, buildargs=…, nocache=…,
-        target=…, labels=…, pull=…, platform=…, fileobj=…)`: (the image, its build log)."""
+        target=…, labels=…, pull=…, platform=…, fileobj=…)`: (the image, its build log).
+        A failed build raises `BuildError` (`.msg`, `.build_log`)."""
         from dockyard.client_build import build
 
         record, log = build(self.client.engine, **kwargs)

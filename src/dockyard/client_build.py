@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     from dockyard.image.store import Image
 
 
+class BuildError(Exception):
+    """docker-py's `docker.errors.BuildError`: `msg` (the one-line reason) and
+    `build_log` (the log dicts up to the failure)."""
+
+    def __init__(self, reason: str, build_log: list[dict[str, Any]]) -> None:
+        super().__init__(reason)
+        self.msg = reason
+        self.build_log = build_log
+
+
 def build(
     engine: Engine,
     path: str | None = None,
@@ -34,9 +44,12 @@ def build(
     """Build from the directory `path` (or the tar `fileobj`); tag it `tag`.
 
     Returns (the image, the build log as docker-py's `{"stream": line}` dicts)."""
-    from dockyard.build.context import DirContext, TarContext
+    from dockyard.build.context import ContextError, DirContext, TarContext
     from dockyard.build.dockerignore import load_matcher
+    from dockyard.build.errors import DockerfileError
     from dockyard.build.executor import Builder, BuildOptions
+    from dockyard.build.executor import BuildError as ExecutorBuildError
+    from dockyard.build.mounts import MountError
     from dockyard.build.parser import parse
     from dockyard.build.progress import Progress
     from dockyard.image import reference as refs
@@ -71,11 +84,17 @@ def build(
             network={"bridge": "default", None: "default"}.get(network_mode, network_mode or ""),
             dockerfile=text.decode("utf-8", "replace"),
         )
-        image_id = Builder(engine, ctx, parse(text, filename=name), opts, name).build()
+        try:
+            image_id = Builder(engine, ctx, parse(text, filename=name), opts, name).build()
+        except (DockerfileError, ExecutorBuildError, ContextError, MountError) as err:
+            raise BuildError(str(err), _log(stream)) from err
     for t in tags:
         engine.images.tag(image_id, t)
     stream.write(f"Successfully built {image_id.split(':', 1)[1][:12]}\n")
     for t in tags:
         stream.write(f"Successfully tagged {refs.parse(t).familiar()}\n")
-    log = [{"stream": line + "\n"} for line in stream.getvalue().splitlines()]
-    return engine.images.get(image_id), log
+    return engine.images.get(image_id), _log(stream)
+
+
+def _log(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [{"stream": line + "\n"} for line in stream.getvalue().splitlines()]

@@ -191,6 +191,15 @@ def test_python_api_build_then_run(dy: Dockyard, tmp_path: Path) -> None:
         assert {"stream": "Successfully tagged api-app:1\n"} in log
         out = client.containers.run("api-app:1", ["cat", "/www/index.html"], remove=True)
         assert out == b"hi from the API\n"
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "Dockerfile").write_text("FROM busybox\nRUN echo partial; exit 4\n")
+        from dockyard.client import BuildError
+
+        with pytest.raises(BuildError) as failed:
+            client.images.build(path=str(broken))
+        assert "exit code: 4" in failed.value.msg
+        assert any("partial" in entry["stream"] for entry in failed.value.build_log)
     finally:
         client.close()
 

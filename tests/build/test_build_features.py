@@ -304,3 +304,21 @@ def test_concurrent_builds_share_one_cache(dy: Dockyard, tmp_path: Path) -> None
     # Afterwards every step is a cache hit, whichever build wrote it.
     again = dy("build", str(ctx)).stderr
     assert again.count(" CACHED\n") == 3
+
+
+def test_private_cache_mounts_get_their_own_instance(dy: Dockyard, tmp_path: Path) -> None:
+    step = (
+        "RUN --mount=type=cache,id=shared-id,sharing=private,target=/c"
+        " ls /c | wc -l > /seen; touch /c/$STAGE; sleep 1\n"
+    )
+    ctx = _ctx(
+        tmp_path,
+        f"FROM busybox AS one\nENV STAGE=one\n{step}"
+        f"FROM busybox AS two\nENV STAGE=two\n{step}"
+        "FROM busybox\nCOPY --from=one /seen /one\nCOPY --from=two /seen /two\n",
+    )
+    dy("build", "-t", "priv", str(ctx))
+    out = dy("run", "--rm", "priv", "cat", "/one", "/two").stdout.split()
+    assert out == ["0", "0"]  # in parallel: neither saw the other's file
+    pruned = dy("builder", "prune", "-f").stdout
+    assert "and 2 cache mounts removed" in pruned

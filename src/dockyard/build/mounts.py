@@ -4,7 +4,7 @@
   unless `rw` (and then the writes are thrown away).
 - cache: a directory under `<root>/build/cache-mounts/` kept between builds,
   keyed by `id` (the target by default); `sharing=locked` takes a lock for the
-  step, `private` falls back to a throwaway directory while another step has it.
+  step, `private` takes another instance (kept too) while a step has the first.
 - tmpfs: a fresh tmpfs (`size=`).
 - secret: `--secret id=…` of the build, as a 0400 file (`/run/secrets/<id>`) or
   an environment variable (`env=`); never in a layer, never in the cache key.
@@ -324,14 +324,21 @@ def _cache_dir(
     base = os.path.join(b.root, "build", "cache-mounts")
     os.makedirs(base, exist_ok=True)
     path = os.path.join(base, name)
-    lock = stack.enter_context(open(path + ".lock", "a"))  # noqa: SIM115 - the stack closes it
-    if m.sharing == "locked":
+    if m.sharing == "private":
+        # BuildKit keeps one more instance for each step that finds the others in use.
+        for n in range(64):
+            path = os.path.join(base, name if n == 0 else f"{name}-{n}")
+            lock = stack.enter_context(open(path + ".lock", "a"))  # noqa: SIM115 - the stack closes it
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                continue
+        else:
+            path = os.path.join(scratch(), "cache")  # 64 in use: a throwaway one
+    elif m.sharing == "locked":
+        lock = stack.enter_context(open(path + ".lock", "a"))  # noqa: SIM115 - the stack closes it
         fcntl.flock(lock, fcntl.LOCK_EX)
-    elif m.sharing == "private":
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            path = os.path.join(scratch(), "cache")  # in use: a throwaway one
     if not os.path.isdir(path):
         fresh = tempfile.mkdtemp(dir=base, prefix=".new-")
         if m.source_from:
