@@ -322,3 +322,16 @@ def test_private_cache_mounts_get_their_own_instance(dy: Dockyard, tmp_path: Pat
     assert out == ["0", "0"]  # in parallel: neither saw the other's file
     pruned = dy("builder", "prune", "-f").stdout
     assert "and 2 cache mounts removed" in pruned
+
+
+def test_lowercase_dockerfile_and_missing_one(dy: Dockyard, tmp_path: Path) -> None:
+    ctx = tmp_path / "lower"
+    ctx.mkdir()
+    (ctx / "dockerfile").write_text("FROM busybox\nLABEL found=lowercase\n")
+    dy("build", "-t", "lower", str(ctx))
+    assert "lowercase" in dy("image", "inspect", "-f", "{{json .Config.Labels}}", "lower").stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    failed = dy("build", str(empty), check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1].startswith("Error: Cannot locate specified Dockerfile")

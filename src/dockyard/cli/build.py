@@ -142,6 +142,9 @@ def _read_dockerfile(args: argparse.Namespace) -> tuple[str | None, str, bytes, 
         df_path = args.file or os.path.join(args.context, "Dockerfile")
         if args.file and not os.path.isabs(args.file) and not os.path.exists(args.file):
             df_path = os.path.join(args.context, args.file)
+        lower = os.path.join(args.context, "dockerfile")
+        if not args.file and not os.path.exists(df_path) and os.path.exists(lower):
+            df_path = lower  # Docker's fallback to a lowercase name
         return df_path, os.path.basename(df_path), b"", None
     return None, args.file or "Dockerfile", b"", None
 
