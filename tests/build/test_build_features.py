@@ -335,3 +335,23 @@ def test_lowercase_dockerfile_and_missing_one(dy: Dockyard, tmp_path: Path) -> N
     failed = dy("build", str(empty), check=False)
     assert failed.returncode == 1
     assert failed.stderr.splitlines()[-1].startswith("Error: Cannot locate specified Dockerfile")
+
+
+def test_classic_flags_add_host_cache_from_and_remote_context(dy: Dockyard, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN grep db /etc/hosts\n")
+    out = dy(
+        "build",
+        "--rm",
+        "--force-rm",
+        "--add-host",
+        "db:10.1.2.3",
+        "--cache-from",
+        "registry.example/app:cache",
+        str(ctx),
+    ).stderr
+    assert said(out, "10.1.2.3\tdb")
+    assert "[Warning] --cache-from registry.example/app:cache: not used" in out
+    failed = dy("build", "https://example.com/app.git", check=False)
+    assert failed.returncode == 1 and "remote build contexts are not supported" in failed.stderr
+    failed = dy("build", "--ssh", "default", str(ctx), check=False)
+    assert "SSH agent forwarding is not supported" in failed.stderr

@@ -74,6 +74,7 @@ class BuildOptions:
         allow: set[str] | None = None,
         source_date_epoch: int | None = None,
         dockerfile: str = "",
+        extra_hosts: list[str] | None = None,
     ) -> None:
         from dockyard.build.progress import Progress
 
@@ -90,6 +91,7 @@ class BuildOptions:
         self.allow = allow or set()
         self.source_date_epoch = source_date_epoch
         self.dockerfile = dockerfile  # its text, quoted around a failing line
+        self.extra_hosts = extra_hosts or []  # --add-host, for RUN steps
 
 
 class Stage:

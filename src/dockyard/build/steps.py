@@ -180,6 +180,7 @@ def container(
         mounts=mounts or [],
         privileged=privileged,
         labels={BUILD_LABEL: str(os.getpid())},  # system check: a killed build's step
+        extra_hosts=list(b.opts.extra_hosts) if network != "host" else [],
     )
     c = b.engine.create(st.image_id, opts)
     try:

@@ -40,6 +40,12 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--progress", choices=["auto", "plain", "tty", "quiet", "rawjson"], default="auto"
     )
+    p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP")
+    p.add_argument("--cache-from", action="append", default=[])
+    p.add_argument("--ssh", action="append", default=[])
+    # The classic builder's: intermediate containers are always removed here.
+    p.add_argument("--rm", action="store_true", default=True, help="(always)")
+    p.add_argument("--force-rm", action="store_true", help="(always)")
     p.add_argument("context")
 
 
@@ -198,6 +204,24 @@ def _build(engine: Engine, args: argparse.Namespace) -> int:
     network = {"bridge": "default"}.get(args.network, args.network)
     if network not in ("default", "none", "host"):
         raise UsageError(f"--network {args.network}: use default, none or host")
+    if args.ssh:
+        raise UsageError("--ssh: SSH agent forwarding is not supported; use --secret")
+    if args.context.startswith(("http://", "https://", "git@", "git://", "github.com/")):
+        raise UsageError(
+            f"{args.context}: remote build contexts are not supported;"
+            " clone or download it and build the directory"
+        )
+    hosts = []
+    for item in args.add_host:
+        name, sep, address = item.partition(":")
+        if not sep or not name or not address:
+            raise UsageError(f"--add-host {item}: give HOST:IP, e.g. db:10.0.0.5")
+        hosts.append(f"{name}:{address}")
+    if args.cache_from:
+        # CI scripts pass it for BuildKit's registry cache; here steps come from the local
+        # cache, which a pull of the image does not fill: say so rather than fail.
+        froms = ", ".join(args.cache_from)
+        progress.raw(f"[Warning] --cache-from {froms}: not used; steps come from the local cache\n")
     df_path, filename, text, stdin_context = _read_dockerfile(args)
     v = progress.vertex(f"[internal] load build definition from {filename}")
     with _open_context(args, df_path, stdin_context) as ctx:
@@ -229,6 +253,7 @@ def _build(engine: Engine, args: argparse.Namespace) -> int:
             allow=set(args.allow),
             source_date_epoch=_epoch(build_args),
             dockerfile=text.decode("utf-8", "replace"),
+            extra_hosts=hosts,
         )
         from dockyard.build.context import DEFAULT_CACHE
 
