@@ -37,9 +37,7 @@ def add_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", action="append", default=[])
     p.add_argument("--load", action="store_true", help="(the image is always kept)")
     p.add_argument("--push", action="store_true")
-    p.add_argument(
-        "--progress", choices=["auto", "plain", "tty", "quiet", "rawjson"], default="auto"
-    )
+    p.add_argument("--progress", choices=["auto", "plain", "tty", "quiet"], default="auto")
     p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP")
     p.add_argument("--cache-from", action="append", default=[])
     p.add_argument("--ssh", action="append", default=[])
