@@ -28,17 +28,20 @@ def test_debian_users_chown_shell_and_add(dy: Dockyard, tmp_path: Path, debian_i
         "RUN useradd --create-home --uid 1234 app"
         " && echo shell=$(basename $0) ${BASH_VERSION%%.*}\n"
         "COPY --chown=app:app --chmod=600 conf.ini /home/app/\n"
+        "COPY --link --chown=app conf.ini /linked/\n"
         "ADD pkg.tar.xz /opt/\n"
         "RUN --mount=type=cache,target=/var/cache/build,uid=1234 "
         "echo cached > /var/cache/build/marker && ls -ln /var/cache/build\n"
         "USER app\n"
         "WORKDIR /home/app\n"
-        "RUN id -un && stat -c '%U:%G %a' conf.ini && cat /opt/pkg/VERSION\n",
+        "RUN id -un && stat -c '%U:%G %a' conf.ini && cat /opt/pkg/VERSION"
+        " && stat -c 'linked %u' /linked/conf.ini\n",
         {"conf.ini": "[a]\n"},
     )
     out = dy("build", "-t", "deb-app", str(ctx)).stderr
     assert said(out, "shell=bash 5")
     assert said(out, "app") and said(out, "app:app 600") and said(out, "1.2.3")
+    assert said(out, "linked 1234")  # --link --chown by name: the parent's /etc/passwd
     assert "1234" in out  # the cache mount's owner
     script = "id -u; pwd; test -e /var/cache/build || echo no-mount-point"
     got = dy("run", "--rm", "deb-app", "sh", "-c", script).stdout

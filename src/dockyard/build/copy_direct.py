@@ -16,14 +16,18 @@ destination needs a directory, the merged-view path gives the error (None).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from dockyard.build.copy_steps import _Placement
     from dockyard.build.executor import Builder, Stage
+    from dockyard.storage.leases import Lease
     from dockyard.storage.snapshots import Mount
 
 _SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.")
@@ -79,40 +83,51 @@ def _copy_up(view: str, upper: str, rel: str) -> None:
         os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def copy_direct(
-    b: Builder, st: Stage, placement: _Placement, key: str, created_by: str
-) -> str | None:
-    """The COPY as a new image; None when it must go through the merged view."""
-    from dockyard.build.steps import commit_snapshot_dir
+@contextlib.contextmanager
+def parent_view(b: Builder, st: Stage, lease: Lease) -> Iterator[str]:
+    """The stage's image mounted read-only (an empty directory for scratch)."""
     from dockyard.storage.snapshots import mount_all, unmount_all
 
     images = b.images
     parent = images.get(st.image_id)
     chains = parent.chain_ids
-    token = secrets.token_hex(6)
+    key = f"{b.tmp_prefix('view')}{secrets.token_hex(6)}"
+    view = os.path.join(b.root, "tmp", key)
+    os.makedirs(view, 0o700)
+    try:
+        if not chains:
+            yield view
+            return
+        images.unpack(parent, lease)
+        mount_all(images.snapshots.view(key, chains[-1]), view)
+        try:
+            yield view
+        finally:
+            unmount_all(view)
+            images.snapshots.remove(key)
+    finally:
+        os.rmdir(view)
+
+
+def copy_direct(
+    b: Builder, st: Stage, placement: _Placement, key: str, created_by: str
+) -> str | None:
+    """The COPY as a new image; None when it must go through the merged view."""
+    from dockyard.build.steps import commit_snapshot_dir
+
+    images = b.images
+    chains = images.get(st.image_id).chain_ids
+    active = f"{b.tmp_prefix('copy')}{secrets.token_hex(6)}"
     with images.leases.create() as lease:
-        if chains:
-            images.unpack(parent, lease)
-        view = os.path.join(b.root, "tmp", f"{b.tmp_prefix('view')}{token}")
-        os.makedirs(view, 0o700)
-        view_key = f"{b.tmp_prefix('view')}{token}"
-        active = f"{b.tmp_prefix('copy')}{token}"
         committed = False
         try:
-            if chains:
-                mount_all(images.snapshots.view(view_key, chains[-1]), view)
-            try:
+            with parent_view(b, st, lease) as view:
                 upper = _upper(images.snapshots.prepare(active, chains[-1] if chains else None))
                 if not _prepare_tree(b, placement, view, upper):
                     return None
-            finally:
-                if chains:
-                    unmount_all(view)
-                    images.snapshots.remove(view_key)
             image_id = commit_snapshot_dir(b, st, upper, active, created_by, lease)
             committed = True
         finally:
-            os.rmdir(view)
             if not committed:
                 _remove_quietly(b, active)
     b.remember(key, st.image_id, image_id)

@@ -185,8 +185,6 @@ def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = Fals
             ins, f"invalid chmod parameter {chmod!r}: use an octal mode like 0755"
         ) from None
     link = bool(ins.flag_values.get("link"))
-    if link and chown and not all(p.isdigit() for p in chown.split(":")):
-        raise b.error(ins, f"--link with --chown={chown}: give numeric ids (uid:gid)")
     excludes = ins.flag_list("exclude")
     exclude = None
     if excludes:
@@ -278,6 +276,28 @@ def _linked(
 ) -> tuple[str, bool]:
     """--link: the layer is made in an empty directory, cached apart from any parent.
     Returns (the new image, whether the layer came from the cache)."""
+    with contextlib.ExitStack() as stack:
+        look = None
+        if placement.chown and not all(p.isdigit() for p in placement.chown.split(":")):
+            # Names are the parent's: resolved there, and the ids key the layer.
+            from dockyard.build.cache import step_key
+            from dockyard.build.copy_direct import parent_view
+
+            lease = stack.enter_context(b.images.leases.create())
+            look = stack.enter_context(parent_view(b, st, lease))
+            uid, gid = _owner(b, look, placement.chown)
+            link_key = step_key(link_key, f"{uid}:{gid}")
+        return _linked_layer(b, st, placement, link_key, created_by, look)
+
+
+def _linked_layer(
+    b: Builder,
+    st: Stage,
+    placement: _Placement,
+    link_key: str,
+    created_by: str,
+    look: str | None,
+) -> tuple[str, bool]:
     import json
     import shutil
 
@@ -290,7 +310,7 @@ def _linked(
         empty = b.empty_image()
         scratch = tempfile.mkdtemp(dir=_tmp(b), prefix=b.tmp_prefix("link"))
         try:
-            placement.write(scratch)
+            placement.write(scratch, look=look)
             with b.images.leases.create() as lease:
                 with lease.guard(), b.images.content.writer() as writer:
                     diff_layer(scratch, writer, mtime_clamp=b.opts.source_date_epoch)  # type: ignore[arg-type]
