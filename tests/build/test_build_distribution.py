@@ -111,6 +111,15 @@ def test_outputs(dy: Dockyard, tmp_path: Path) -> None:
         ).stdout
     )
     assert meta["Architecture"] == "amd64" and len(meta["Layers"]) == 2
+    layout = tmp_path / "layout"
+    dy("build", "-o", f"type=oci,tar=false,dest={layout},name=built:dir", str(ctx))
+    assert (layout / "oci-layout").exists() and (layout / "index.json").exists()
+    meta = json.loads(
+        subprocess.run(
+            [skopeo, "inspect", f"oci:{layout}:dir"], capture_output=True, check=True, text=True
+        ).stdout
+    )
+    assert len(meta["Layers"]) == 2
     failed = dy("build", "-o", "type=nope", str(ctx), check=False)
     assert failed.returncode == 1 and "nope" in failed.stderr
 

@@ -126,7 +126,8 @@ def test_parse_output_names_and_push() -> None:
         ("type=local,dest=-", "dest cannot be stdout for local exporter"),
         ("type=tar,bogus", "invalid value bogus in --output: use key=value"),
         ("type=image,push=maybe", 'non-bool value specified for push: "maybe"'),
-        ("type=oci,tar=false,dest=d", "type=oci,tar=false (an OCI layout directory) is not"),
+        ("type=oci,tar=false", "type=oci,tar=false writes a directory: give dest="),
+        ("type=oci,tar=false,dest=-", "type=oci,tar=false writes a directory"),
         ("type=oci,dest=x,name=Bad Name", "invalid name in --output:"),
     ],
 )

@@ -134,12 +134,12 @@ def _check(spec: OutputSpec) -> None:
             raise OutputError("dest cannot be stdout for local exporter: use type=tar,dest=-")
         if os.path.exists(dest) and not os.path.isdir(dest):
             raise OutputError(f"destination directory {dest} is a file: give a directory")
+    elif kind in ("oci", "docker") and not _bool_or_true(spec.attrs.get("tar")):
+        if not dest or dest == "-":
+            raise OutputError(f"type={kind},tar=false writes a directory: give dest=<directory>")
+        if os.path.exists(dest) and not os.path.isdir(dest):
+            raise OutputError(f"destination directory {dest} is a file: give a directory")
     elif kind in ("tar", "oci", "docker"):
-        if kind != "tar" and not _bool_or_true(spec.attrs.get("tar")):
-            raise OutputError(
-                f"type={kind},tar=false (an OCI layout directory) is not supported: "
-                "write a tar (drop tar=false)"
-            )
         if not dest and kind != "docker":
             spec.dest = dest = "-"
         if dest and dest != "-" and os.path.isdir(dest):
@@ -191,6 +191,9 @@ def export(
     if spec.type == "local":
         _local(store, image, str(spec.dest))
         return
+    if spec.type in ("oci", "docker") and not _bool_or_true(spec.attrs.get("tar")):
+        _layout_dir(store, image, _references(spec), str(spec.dest))
+        return
     write: Callable[[BinaryIO], None]
     if spec.type == "tar":
         write = functools.partial(_rootfs_tar, store, image)
@@ -213,6 +216,30 @@ def export(
         stdout.flush()
     else:
         _write_file(str(spec.dest), write)
+
+
+def _layout_dir(store: ImageStore, image: Image, names: list[refs.Reference], dest: str) -> None:
+    """tar=false: the same OCI layout as a directory. Blobs already there stay; index.json
+    and the other small files are replaced whole (temp + rename)."""
+    import tarfile
+    import tempfile
+
+    from dockyard.runtime.state import write_atomic
+
+    os.makedirs(dest, exist_ok=True)
+    with tempfile.TemporaryFile() as archive:
+        _archive(store, image, names, archive)
+        archive.seek(0)
+        with tarfile.open(fileobj=archive, mode="r:") as tar:
+            for member in tar:  # our own archive: blobs/sha256/<hex> and top-level files
+                path = os.path.join(dest, member.name)
+                if member.isdir():
+                    os.makedirs(path, exist_ok=True)
+                    continue
+                data = tar.extractfile(member)
+                if data is None or (member.name.startswith("blobs/") and os.path.exists(path)):
+                    continue
+                write_atomic(path, data.read(), 0o644)
 
 
 def _layers(store: ImageStore, image: Image) -> list[str]:
