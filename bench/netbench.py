@@ -44,16 +44,14 @@ from bench.run_latency import (
     DOCKER,
     DOCKERD,
     DOCKERD_HOST_PATHS,
-    DOCKERD_READY_TIMEOUT,
-    DOCKERD_STOP_TIMEOUT,
     SYSTEM_DOCKER_SOCK,
     cleanup_private_dockerd,
     docker_answers,
     mounts_under,
     pids_mentioning,
     remove_created,
+    start_dockerd,
     stop_private_dockerd,
-    stop_process,
 )
 
 IP = "/usr/sbin/ip"
@@ -348,23 +346,7 @@ def _make_bridge(subnet: ipaddress.IPv4Network, notes: list[str]) -> None:
 
 
 def _start_dockerd(base: Path, driver: str, userland_proxy: bool) -> subprocess.Popen[bytes] | None:
-    (base / "data").mkdir(parents=True, exist_ok=True)
-    (base / "exec").mkdir(exist_ok=True)
-    config = base / "daemon.json"
-    config.write_text("{}\n")
-    host = f"unix://{base / 'docker.sock'}"
-    argv = [
-        DOCKERD,
-        "--config-file",
-        str(config),
-        "--data-root",
-        str(base / "data"),
-        "--exec-root",
-        str(base / "exec"),
-        "-H",
-        host,
-        "--pidfile",
-        str(base / "docker.pid"),
+    network = (
         "--bridge",
         DOCKER_BRIDGE,
         "--iptables=true",
@@ -372,25 +354,8 @@ def _start_dockerd(base: Path, driver: str, userland_proxy: bool) -> subprocess.
         "--ip-masq=true",
         "--ip-forward=true",
         f"--userland-proxy={'true' if userland_proxy else 'false'}",
-        "--storage-driver",
-        driver,
-        "--exec-opt",
-        "native.cgroupdriver=cgroupfs",
-    ]
-    log_path = base / f"dockerd-{driver}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-    deadline = time.monotonic() + DOCKERD_READY_TIMEOUT
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (base / "docker.sock").exists() and docker_answers(host):
-            return proc
-        time.sleep(0.2)
-    stop_process(proc, DOCKERD_STOP_TIMEOUT)
-    tail = log_path.read_text(errors="replace").splitlines()[-5:]
-    print(f"  dockerd ({driver}) did not come up: " + " / ".join(tail), file=sys.stderr)
-    return None
+    )
+    return start_dockerd(base, driver, network, ulimits=False)
 
 
 def _docker_rule(line: str, bridge: str, subnet: ipaddress.IPv4Network) -> bool:

@@ -153,7 +153,21 @@ def cleanup_private_dockerd(base: Path) -> None:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def start_dockerd(base: Path, driver: str) -> subprocess.Popen[bytes] | None:
+# A private dockerd that leaves the host's network alone (no bridge, no iptables).
+NO_NETWORK = (
+    "--iptables=false",
+    "--ip6tables=false",
+    "--ip-forward=false",
+    "--ip-masq=false",
+    "--bridge=none",
+)
+
+
+def start_dockerd(
+    base: Path, driver: str, network: tuple[str, ...] = NO_NETWORK, ulimits: bool = True
+) -> subprocess.Popen[bytes] | None:
+    """A private dockerd with its own data, exec root, socket and pidfile under `base`;
+    None (its log's tail printed) when it does not answer in time."""
     (base / "data").mkdir(parents=True, exist_ok=True)
     (base / "exec").mkdir(exist_ok=True)
     config = base / "daemon.json"
@@ -170,18 +184,14 @@ def start_dockerd(base: Path, driver: str) -> subprocess.Popen[bytes] | None:
         f"unix://{base / 'docker.sock'}",
         "--pidfile",
         str(base / "docker.pid"),
-        "--iptables=false",
-        "--ip6tables=false",
-        "--ip-forward=false",
-        "--ip-masq=false",
-        "--bridge=none",
+        *network,
         "--storage-driver",
         driver,
         "--exec-opt",
         "native.cgroupdriver=cgroupfs",
-        "--default-ulimit",
-        "nofile=20000:20000",
     ]
+    if ulimits:
+        argv += ["--default-ulimit", "nofile=20000:20000"]
     with open(base / f"dockerd-{driver}.log", "wb") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True

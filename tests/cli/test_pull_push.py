@@ -19,6 +19,7 @@ from tests.registry.client_helpers import (
     ReferenceRegistry,
     compress,
     htpasswd_file,
+    isolate_registry_settings,
     make_image,
     make_index,
     sha256,
@@ -33,14 +34,7 @@ ULIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")
 @pytest.fixture(autouse=True)
 def own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Logins in this test's auth.json; an empty registries.conf unless a test writes one."""
-    conf = tmp_path / "registries.conf"
-    conf.write_text("")
-    monkeypatch.setenv("DOCKYARD_REGISTRIES_CONF", str(conf))
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    return conf
+    return isolate_registry_settings(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ again; every loop is bounded in count and time.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import selectors
@@ -23,6 +22,7 @@ import dns.rcode
 import dns.rrset
 
 from dockyard.storage import db
+from tests.network.netlab import run_in_netns
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-CLONE_NEWNET = 0x40000000
 UPSTREAM_NAME = "example.test."
 UPSTREAM_ADDRESS = "192.0.2.77"
 
@@ -104,33 +103,7 @@ class Netns:
 
     def run(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
         """fn() in a thread that joined the namespace (setns is per thread)."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        result: dict[str, object] = {}
-
-        def body() -> None:
-            fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {self.name}: {os.strerror(err)}")
-            except BaseException as exc:
-                result["error"] = exc
-                return
-            finally:
-                os.close(fd)
-            try:
-                result["value"] = fn()
-            except BaseException as exc:
-                result["error"] = exc
-
-        thread = threading.Thread(target=body, daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TimeoutError(f"netns {self.name}: call did not end within {timeout}s")
-        if "error" in result:
-            raise result["error"]  # type: ignore[misc]
-        return result["value"]  # type: ignore[return-value]
+        return run_in_netns(self.name, fn, timeout)
 
     def remove(self) -> None:
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=30)

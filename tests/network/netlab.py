@@ -146,6 +146,37 @@ def tcp_refused_or_silent(host: str, port: int, timeout: float = 2.0) -> bool:
         return True
 
 
+def run_in_netns(name: str, fn: Callable[[], T], timeout: float = 30.0) -> T:
+    """fn() in a thread that joined network namespace /run/netns/NAME (setns is per thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    result: dict[str, object] = {}
+
+    def body() -> None:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns {name}: {os.strerror(err)}")
+        except BaseException as exc:
+            result["error"] = exc
+            return
+        finally:
+            os.close(fd)
+        try:
+            result["value"] = fn()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"netns {name}: call did not end within {timeout}s")
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["value"]  # type: ignore[return-value]
+
+
 class TcpListener:
     """A host TCP server on address:port answering every connection with PAGE."""
 
@@ -233,33 +264,7 @@ class Peer:
 
     def run(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
         """fn() in a thread that joined the namespace (setns is per thread)."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        result: dict[str, object] = {}
-
-        def body() -> None:
-            fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {self.name}: {os.strerror(err)}")
-            except BaseException as exc:
-                result["error"] = exc
-                return
-            finally:
-                os.close(fd)
-            try:
-                result["value"] = fn()
-            except BaseException as exc:
-                result["error"] = exc
-
-        thread = threading.Thread(target=body, daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TimeoutError(f"netns {self.name}: call did not end within {timeout}s")
-        if "error" in result:
-            raise result["error"]  # type: ignore[misc]
-        return result["value"]  # type: ignore[return-value]
+        return run_in_netns(self.name, fn, timeout)
 
     def remove(self) -> None:
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=30)

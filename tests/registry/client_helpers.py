@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -440,3 +442,15 @@ def env_without_registry_settings() -> dict[str, str]:
     for name in ("REGISTRY_AUTH_FILE", "DOCKYARD_REGISTRIES_CONF", "XDG_RUNTIME_DIR"):
         env.pop(name, None)
     return env
+
+
+def isolate_registry_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own registries.conf (empty until written), auth.json and HOME."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")
+    monkeypatch.setenv("DOCKYARD_REGISTRIES_CONF", str(conf))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    return conf

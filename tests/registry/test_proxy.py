@@ -27,6 +27,7 @@ from tests.registry.client_helpers import (
     ReferenceRegistry,
     free_port,
     htpasswd_file,
+    isolate_registry_settings,
     make_image,
     tar_of,
 )
@@ -88,14 +89,7 @@ def layouts(
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's registries.conf (empty until written) and auth.json."""
-    conf = tmp_path / "registries.conf"
-    conf.write_text("")
-    monkeypatch.setenv("DOCKYARD_REGISTRIES_CONF", str(conf))
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    return conf
+    return isolate_registry_settings(tmp_path, monkeypatch)
 
 
 @pytest.fixture
