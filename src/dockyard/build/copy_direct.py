@@ -84,12 +84,16 @@ def _copy_up(view: str, upper: str, rel: str) -> None:
 
 
 @contextlib.contextmanager
-def parent_view(b: Builder, st: Stage, lease: Lease) -> Iterator[str]:
-    """The stage's image mounted read-only (an empty directory for scratch)."""
+def image_view(b: Builder, image_id: str, lease: Lease | None = None) -> Iterator[str]:
+    """Image `image_id` mounted read-only (an empty directory for one with no layers)."""
     from dockyard.storage.snapshots import mount_all, unmount_all
 
     images = b.images
-    parent = images.get(st.image_id)
+    if lease is None:
+        with images.leases.create() as own, image_view(b, image_id, own) as view:
+            yield view
+        return
+    parent = images.get(image_id)
     chains = parent.chain_ids
     key = f"{b.tmp_prefix('view')}{secrets.token_hex(6)}"
     view = os.path.join(b.root, "tmp", key)
@@ -121,7 +125,7 @@ def copy_direct(
     with images.leases.create() as lease:
         committed = False
         try:
-            with parent_view(b, st, lease) as view:
+            with image_view(b, st.image_id, lease) as view:
                 upper = _upper(images.snapshots.prepare(active, chains[-1] if chains else None))
                 if not _prepare_tree(b, placement, view, upper):
                     return None

@@ -159,7 +159,7 @@ def _fetch(b: Builder, ins: Instruction, urls: list[str], into: str) -> list[_So
 def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = False) -> str:
     from dockyard.build.cache import step_key
     from dockyard.build.context import content_digest
-    from dockyard.build.copy_direct import copy_direct
+    from dockyard.build.copy_direct import copy_direct, image_view
     from dockyard.build.parser import parse_heredoc_word
 
     srcs, dest = list(ins.args[:-1]), ins.args[-1]
@@ -231,7 +231,7 @@ def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = Fals
             b, dest_abs, as_dir, sources, srcs if ref else [], chown, mode, add, exclude
         )
         if ref:
-            src_root = stack.enter_context(_ImageRoot(b, source_image).mounted())
+            src_root = stack.enter_context(image_view(b, source_image))
             placement.from_image(src_root, inline + fetched)
         created_by = f"/bin/sh -c #(nop) {text}"
         if link:
@@ -281,10 +281,9 @@ def _linked(
         if placement.chown and not all(p.isdigit() for p in placement.chown.split(":")):
             # Names are the parent's: resolved there, and the ids key the layer.
             from dockyard.build.cache import step_key
-            from dockyard.build.copy_direct import parent_view
+            from dockyard.build.copy_direct import image_view
 
-            lease = stack.enter_context(b.images.leases.create())
-            look = stack.enter_context(parent_view(b, st, lease))
+            look = stack.enter_context(image_view(b, st.image_id))
             uid, gid = _owner(b, look, placement.chown)
             link_key = step_key(link_key, f"{uid}:{gid}")
         return _linked_layer(b, st, placement, link_key, created_by, look)
@@ -387,24 +386,6 @@ class _Placement:
         self, s: _Source
     ) -> Iterator[tuple[str, os.stat_result, str, Callable[[], IO[bytes]]]]:
         return _entries(self.b, s, self.src_root)
-
-
-class _ImageRoot:
-    def __init__(self, b: Builder, image_id: str) -> None:
-        self.b = b
-        self.image_id = image_id
-
-    @contextlib.contextmanager
-    def mounted(self) -> Iterator[str]:
-        from dockyard.engine.copy import _container_root
-        from dockyard.engine.spec import RunOptions
-
-        c = self.b.engine.create(self.image_id, RunOptions(command=["true"], network="none"))
-        try:
-            with _container_root(self.b.engine, c, False) as root:
-                yield root
-        finally:
-            self.b.engine.remove(c.id, force=True)
 
 
 def _place(

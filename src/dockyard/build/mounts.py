@@ -263,9 +263,9 @@ def _bind_source(
     b: Builder, st: Stage, m: RunMount, stack: contextlib.ExitStack, scratch: Any
 ) -> str:
     if m.source_from:
-        from dockyard.build.copy_steps import _ImageRoot
+        from dockyard.build.copy_direct import image_view
 
-        root = stack.enter_context(_ImageRoot(b, _source_image(b, st, m.source_from)).mounted())
+        root = stack.enter_context(image_view(b, _source_image(b, st, m.source_from)))
         path = _inside(root, m.source or "/")
         if m.readonly:
             return path
@@ -342,9 +342,9 @@ def _cache_dir(
     if not os.path.isdir(path):
         fresh = tempfile.mkdtemp(dir=base, prefix=".new-")
         if m.source_from:
-            from dockyard.build.copy_steps import _ImageRoot
+            from dockyard.build.copy_direct import image_view
 
-            with _ImageRoot(b, _source_image(b, st, m.source_from)).mounted() as root:
+            with image_view(b, _source_image(b, st, m.source_from)) as root:
                 shutil.rmtree(fresh)
                 _copy(_inside(root, m.source or "/"), fresh)
         os.chown(fresh, m.uid, m.gid)

@@ -189,54 +189,55 @@ def container(
         b.engine.remove(c.id, force=True, volumes=True)
 
 
-def commit_layer(b: Builder, c: Container) -> tuple[str, int]:
-    """The container's changes as a layer blob: (digest, size)."""
+def finish(b: Builder, st: Stage, c: Container, key: str, created_by: str) -> str:
+    """Commit the step container as the stage's next image and remember it under `key`.
+
+    Its snapshot becomes the new layer's (named by the chain ID), as containerd commits
+    an active snapshot: the next step stands on it without unpacking the layer again,
+    and removing the container has no upper dir left to delete."""
     from dockyard.engine.commit import layer_dirs
-    from dockyard.image.layer_diff import diff_layer
-    from dockyard.image.store import ImageError
+    from dockyard.storage.snapshots import unmount
 
     upper, lowers, _ = layer_dirs(b.engine, c)
-    with b.images.content.writer() as writer:
+    rootfs = os.path.join(c.dir, "rootfs")
+    if os.path.ismount(rootfs):
+        unmount(rootfs)
+    with b.images.leases.create() as lease:
+        image_id = commit_snapshot_dir(
+            b, st, upper, f"container-{c.id}", created_by, lease, lowers, owned=False
+        )
+    b.remember(key, st.image_id, image_id)
+    return image_id
+
+
+def commit_snapshot_dir(
+    b: Builder,
+    st: Stage,
+    upper: str,
+    active: str,
+    created_by: str,
+    lease: Lease,
+    lowers: list[str] | None = None,
+    owned: bool = True,
+) -> str:
+    """Active snapshot `active` (its directory `upper`, not mounted) as the stage's next
+    image: the layer is its diff, the snapshot is committed under the layer's chain ID.
+    When that chain is there already, `active` is removed if `owned` (a container's
+    goes with the container). `lowers` are read for metacopy files only."""
+    from dockyard.image.layer_diff import diff_layer
+    from dockyard.oci import image_spec as spec
+    from dockyard.storage.leases import CONTENT, SNAPSHOT
+    from dockyard.storage.snapshots import SnapshotExists, SnapshotNotFound
+
+    # The lease keeps the blob and the snapshot from a concurrent collection until the
+    # image holds them.
+    with lease.guard(), b.images.content.writer() as writer:
         diff_id = diff_layer(
             upper,
             writer,  # type: ignore[arg-type]
             lowers=lowers,
             mtime_clamp=b.opts.source_date_epoch,
         )
-        size = writer.offset
-        digest = writer.commit()
-    if digest != diff_id:
-        raise ImageError(f"layer digest {digest} differs from its diff_id {diff_id}")
-    return digest, size
-
-
-def finish(b: Builder, st: Stage, c: Container, key: str, created_by: str) -> str:
-    """Commit the container as the stage's next image and remember it under `key`."""
-    # The lease keeps the new blob from a concurrent collection until the image holds it.
-    from dockyard.storage.leases import CONTENT
-
-    with b.images.leases.create() as lease:
-        with lease.guard():
-            digest, size = commit_layer(b, c)
-            lease.add(CONTENT, digest)
-        _keep_snapshot(b, st, c, digest, lease)
-        image_id = b.new_image(st.image_id, created_by, lambda cfg: None, (digest, size))
-    b.remember(key, st.image_id, image_id)
-    return image_id
-
-
-def commit_snapshot_dir(
-    b: Builder, st: Stage, upper: str, active: str, created_by: str, lease: Lease
-) -> str:
-    """Active snapshot `active` (its directory `upper`, not mounted) as the stage's next
-    image: the layer is its diff, the snapshot is committed under the layer's chain ID."""
-    from dockyard.image.layer_diff import diff_layer
-    from dockyard.oci import image_spec as spec
-    from dockyard.storage.leases import CONTENT, SNAPSHOT
-    from dockyard.storage.snapshots import SnapshotExists, SnapshotNotFound
-
-    with lease.guard(), b.images.content.writer() as writer:
-        diff_id = diff_layer(upper, writer, mtime_clamp=b.opts.source_date_epoch)  # type: ignore[arg-type]
         size = writer.offset
         digest = writer.commit()
         lease.add(CONTENT, digest)
@@ -246,40 +247,19 @@ def commit_snapshot_dir(
         raise ImageError(f"layer digest {digest} differs from its diff_id {diff_id}")
     chain = spec.chain_ids([*b.images.get(st.image_id).diff_ids, diff_id])[-1]
     lease.add(SNAPSHOT, chain)
-    try:
-        b.images.snapshots.stat(chain)
-        b.images.snapshots.remove(active)  # the same layer on the same parent is there
-    except SnapshotNotFound:
-        try:
-            b.images.snapshots.commit(chain, active)
-        except SnapshotExists:
-            b.images.snapshots.remove(active)  # another build committed it first
-    return b.new_image(st.image_id, created_by, lambda cfg: None, (digest, size))
-
-
-def _keep_snapshot(b: Builder, st: Stage, c: Container, diff_id: str, lease: Lease) -> None:
-    """The step container's snapshot becomes the new layer's (named by its chain ID), as
-    containerd commits an active snapshot: the next step stands on it without unpacking
-    the layer again, and removing the container has no upper dir left to delete."""
-    from dockyard.oci import image_spec as spec
-    from dockyard.storage.leases import SNAPSHOT
-    from dockyard.storage.snapshots import SnapshotExists, SnapshotNotFound, unmount
-
     snapshots = b.images.snapshots
-    chain = spec.chain_ids([*b.images.get(st.image_id).diff_ids, diff_id])[-1]
     try:
         snapshots.stat(chain)
-        return  # the same layer on the same parent is there already
+        exists = True  # the same layer on the same parent
     except SnapshotNotFound:
-        pass
-    rootfs = os.path.join(c.dir, "rootfs")
-    if os.path.ismount(rootfs):
-        unmount(rootfs)
-    lease.add(SNAPSHOT, chain)
-    try:
-        snapshots.commit(chain, f"container-{c.id}")
-    except SnapshotExists:
-        pass  # another build committed it first
+        try:
+            snapshots.commit(chain, active)
+            exists = False
+        except SnapshotExists:
+            exists = True  # another build committed it first
+    if exists and owned:
+        snapshots.remove(active)
+    return b.new_image(st.image_id, created_by, lambda cfg: None, (digest, size))
 
 
 # ---------------------------------------------------------------------- RUN
