@@ -234,7 +234,7 @@ class Builder:
     def deps(self, st: Stage) -> list[Stage]:
         from dockyard.build.mounts import mount_sources
 
-        refs = [self.expanded_from(st)]
+        refs = [st.base or self.expanded_from(st)]
         for ins in st.body:
             if ins.cmd in ("copy", "add") and ins.flag_values.get("from"):
                 refs.append(str(ins.flag_values["from"]))
@@ -584,7 +584,3 @@ class Builder:
 def display(ins: Instruction) -> str:
     """A step as BuildKit names it: the logical line; a heredoc's first line only."""
     return ins.original.split("\n", 1)[0].strip()
-
-
-def short(image_id: str) -> str:
-    return image_id.split(":", 1)[-1][:12]
