@@ -73,6 +73,9 @@ def tar_header(name: str, st: os.stat_result, xattrs: dict[str, bytes]) -> tarfi
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tarfile pads the archive to whole records: the same bytes here
 _USTAR_MAX = {"mode": 8**7, "uid": 8**7, "gid": 8**7, "size": 8**11, "mtime": 8**11}
+_MAGIC_AND_NAMES = b"ustar\x0000" + b"\0" * 64  # magic, version, empty uname/gname
+_NO_DEVICES = b"\0" * 16
+_HEADER_TAIL = b"\0" * (_BLOCK - 345)  # prefix (155) and padding to the block
 
 
 def _octal(n: int, digits: int) -> bytes:
@@ -95,7 +98,11 @@ def header_bytes(info: tarfile.TarInfo) -> bytes:
         or info.uname
         or info.gname
         or isinstance(info.mtime, float)
-        or any(not 0 <= getattr(info, k) < top for k, top in _USTAR_MAX.items())
+        or not 0 <= info.mode < _USTAR_MAX["mode"]
+        or not 0 <= info.uid < _USTAR_MAX["uid"]
+        or not 0 <= info.gid < _USTAR_MAX["gid"]
+        or not 0 <= info.size < _USTAR_MAX["size"]
+        or not 0 <= info.mtime < _USTAR_MAX["mtime"]
         or not 0 <= info.devmajor < 8**7
         or not 0 <= info.devminor < 8**7
     ):
@@ -107,55 +114,71 @@ def header_bytes(info: tarfile.TarInfo) -> bytes:
     if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
         devices = _octal(info.devmajor, 8) + _octal(info.devminor, 8)
     else:
-        devices = b"\0" * 16  # tarfile leaves them empty for other types
+        devices = _NO_DEVICES  # tarfile leaves them empty for other types
+    # name, mode, uid, gid, size, mtime, checksum (spaces), type, link, magic, names
     buf = bytearray(
-        name.ljust(100, b"\0")
-        + _octal(info.mode & 0o7777, 8)
-        + _octal(info.uid, 8)
-        + _octal(info.gid, 8)
-        + _octal(info.size, 12)
-        + _octal(int(info.mtime), 12)
-        + b"        "
-        + info.type
-        + link.ljust(100, b"\0")
-        + b"ustar\x0000"
-        + b"\0" * 64
-        + devices
-        + b"\0" * 155
-    ).ljust(_BLOCK, b"\0")
+        b"%s%07o\0%07o\0%07o\0%011o\0%011o\0        %s%s%s%s"
+        % (
+            name.ljust(100, b"\0"),
+            info.mode & 0o7777,
+            info.uid,
+            info.gid,
+            info.size,
+            info.mtime,
+            info.type,
+            link.ljust(100, b"\0"),
+            _MAGIC_AND_NAMES,
+            devices,
+        )
+    )
+    buf += _HEADER_TAIL
     buf[148:156] = b"%06o\0 " % sum(buf)
     return bytes(buf)
 
 
 class _TarWriter:
-    """The layer tar, written as tarfile's streaming PAX writer would (same bytes)."""
+    """The layer tar, written as tarfile's streaming PAX writer would (same bytes).
+
+    Small members are gathered into one buffer: a layer of thousands of small files
+    would otherwise cost several writes (and hash updates) per file."""
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.offset = 0
+        self.buf = bytearray()
 
     def addfile(self, info: tarfile.TarInfo, fd: int | None = None) -> None:
-        buf = header_bytes(info)
-        self.out.write(buf)
-        self.offset += len(buf)
-        if fd is None or not info.size:
-            return
-        left = info.size
-        while left:
-            chunk = os.read(fd, min(left, _CHUNK))
-            if not chunk:
-                raise LayerError(f"{info.name}: the file shrank while its layer was written")
-            self.out.write(chunk)
-            left -= len(chunk)
-        pad = -info.size % _BLOCK
-        if pad:
-            self.out.write(b"\0" * pad)
-        self.offset += info.size + pad
+        buf = self.buf
+        header = header_bytes(info)
+        buf += header
+        self.offset += len(header)
+        if fd is not None and info.size:
+            left = info.size
+            while left:
+                chunk = os.read(fd, min(left, _CHUNK))
+                if not chunk:
+                    raise LayerError(f"{info.name}: the file shrank while its layer was written")
+                buf += chunk
+                left -= len(chunk)
+                if len(buf) >= _CHUNK:
+                    self.flush()
+                    buf = self.buf
+            pad = -info.size % _BLOCK
+            buf += bytes(pad)
+            self.offset += info.size + pad
+        if len(buf) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.out.write(self.buf)
+            self.buf = bytearray()
 
     def close(self) -> None:
         end = _BLOCK * 2
         end += -(self.offset + end) % _RECORD
-        self.out.write(b"\0" * end)
+        self.buf += bytes(end)
+        self.flush()
 
 
 class _Differ:
