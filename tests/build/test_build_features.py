@@ -237,22 +237,79 @@ def test_stdin_dockerfile_alone_and_tar_with_dockerignore(dy: Dockyard, tmp_path
         ("FROM busybox\nCOPY missing /x\n", "missing"),
         ("FROM busybox\nCOPY --from=nostage /x /x\n", "nostage"),
         ("FROM busybox\nRUN --mount=type=bind,target=/x,from=nostage true\n", "nostage"),
+        # errors found while a step runs name its line too
+        (
+            "FROM busybox\nCOPY --chown=nobodyx Dockerfile /x\n",
+            "Dockerfile:2: unable to convert uid/gid chown string to host mapping:"
+            " unable to find user nobodyx",
+        ),
+        ("FROM busybox\nUSER nobodyx\nRUN true\n", "Dockerfile:3: unable to find user nobodyx"),
+        (
+            "FROM busybox\nHEALTHCHECK --interval=soon CMD true\n",
+            "Dockerfile:2: time: invalid duration 'soon'",
+        ),
+        ("FROM busybox\nSTOPSIGNAL SIGNOPE\n", "Dockerfile:2: Invalid signal: SIGNOPE"),
+        ("FROM busybox\nEXPOSE http\n", "Dockerfile:2: EXPOSE: invalid container port 'http'"),
+        ("FROM busybox\nRUN echo partial > /p; exit 4\n", "exit code: 4"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(
     dy: Dockyard, tmp_path: Path, dockerfile: str, message: str
 ) -> None:
     ctx = _ctx(tmp_path, dockerfile)
-    images = dy("images", "-aq").stdout
+    dy("run", "--rm", "busybox", "true")  # busybox's layer unpacked: its snapshot is there
+    images = dy("images", "-q").stdout  # (steps that succeeded stay cached, as in Docker)
+    snapshots = sorted(p.name for p in (dy.root / "snapshots").iterdir())
     failed = dy("build", str(ctx), check=False)
     assert failed.returncode == 1
     last = failed.stderr.splitlines()[-1]
     assert last.startswith("Error: ") and message in last, failed.stderr
     assert "Traceback" not in failed.stderr
-    assert dy("images", "-aq").stdout == images
+    assert dy("images", "-q").stdout == images
     assert dy("ps", "-aq").stdout == ""
     tmp = dy.root / "tmp"
     assert not tmp.exists() or not list(tmp.iterdir())
+    assert sorted(p.name for p in (dy.root / "snapshots").iterdir()) == snapshots
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(dy.root) not in mounts
+    assert dy("system", "check").stdout.startswith("ok: ")
+
+
+def test_workdir_is_made_as_the_user_and_shebang_heredocs_run_as_files(
+    dy: Dockyard, tmp_path: Path
+) -> None:
+    ctx = _ctx(
+        tmp_path,
+        "FROM busybox\n"
+        "RUN echo 'app:x:1234:2345::/home/app:/bin/sh' >> /etc/passwd\n"
+        "USER app\n"
+        "WORKDIR /home/app/work\n"
+        "USER root\n"
+        "WORKDIR /srv\n"
+        'RUN <<EOF\n#!/bin/busybox sh\necho "script $0" > /srv/out\nEOF\n'
+        'RUN <<EOF\necho "plain $0" >> /srv/out\nEOF\n'
+        "EXPOSE 7000-7002/udp 80\n",
+    )
+    dy("build", "-t", "owned", str(ctx))
+    script = "stat -c '%u:%g %Y' /home/app /home/app/work /srv; cat /srv/out"
+    out = dy("run", "--rm", "owned", "sh", "-c", script).stdout.split("\n")
+    # BuildKit: WORKDIR's missing directories belong to the USER, made now (not in 1970)
+    owners = [line.split() for line in out[:3]]
+    assert [o[0] for o in owners] == ["1234:2345", "1234:2345", "0:0"]
+    assert all(int(o[1]) > 1_700_000_000 for o in owners)
+    # a heredoc with a shebang is an executable file under /dev/pipes; a plain one is sh -c
+    assert out[3:5] == ["script /dev/pipes/EOF", "plain /bin/sh"]
+    ports = json.loads(
+        dy("image", "inspect", "-f", "{{json .Config.ExposedPorts}}", "owned").stdout
+    )
+    assert sorted(ports) == ["7000/udp", "7001/udp", "7002/udp", "80/tcp"]
+    # the script's text is in the cache key, not only its path
+    (ctx / "Dockerfile").write_text(
+        (ctx / "Dockerfile").read_text().replace("script $0", "changed $0")
+    )
+    rebuilt = dy("build", "-t", "owned", str(ctx)).stderr
+    assert rebuilt.count(" CACHED\n") == 3
+    assert "changed /dev/pipes/EOF" in dy("run", "--rm", "owned", "cat", "/srv/out").stdout
 
 
 def test_file_flag_proxy_args_copy_from_image_and_quiet(dy: Dockyard, tmp_path: Path) -> None:
@@ -355,3 +412,37 @@ def test_classic_flags_add_host_cache_from_and_remote_context(dy: Dockyard, tmp_
     assert failed.returncode == 1 and "remote build contexts are not supported" in failed.stderr
     failed = dy("build", "--ssh", "default", str(ctx), check=False)
     assert "SSH agent forwarding is not supported" in failed.stderr
+
+
+def test_a_rebuild_links_the_files_a_changed_copy_did_not_change(
+    dy: Dockyard, tmp_path: Path
+) -> None:
+    files = {f"src/d{i % 3}/f{i}.txt": f"file {i}\n" for i in range(30)}
+    ctx = _ctx(tmp_path, "FROM busybox\nCOPY src/ /src/\nRUN cat /src/d1/f1.txt\n", files)
+    dy("build", "-t", "linked:1", str(ctx))
+    (ctx / "src/d1/f1.txt").write_text("changed\n")
+    out = dy("build", "-t", "linked:2", str(ctx)).stderr
+    assert said(out, "changed")
+
+    def copy_layer(tag: str) -> Path:
+        # the COPY's layer is the image's second-to-last: its snapshot is named by chain ID
+        from dockyard.image.store import ImageStore
+
+        store = ImageStore(str(dy.root))
+        try:
+            chain = store.get(tag).chain_ids[-2]
+            return Path(store.snapshots.layer_dirs(chain)[0])
+        finally:
+            store.conn.close()
+
+    old, new = copy_layer("linked:1"), copy_layer("linked:2")
+    shared = [name for name in files if (old / name).stat().st_ino == (new / name).stat().st_ino]
+    assert sorted(shared) == sorted(set(files) - {"src/d1/f1.txt"})
+    assert (old / "src/d1/f1.txt").read_text() == "file 1\n"
+    script = "cat /src/d1/f1.txt /src/d0/f0.txt"
+    assert dy("run", "--rm", "linked:1", "sh", "-c", script).stdout == "file 1\nfile 0\n"
+    assert dy("run", "--rm", "linked:2", "sh", "-c", script).stdout == "changed\nfile 0\n"
+    # the new layer's blob carries every file, linked or written
+    names = layer_names(dy, "linked:2", tmp_path)[-2]
+    assert set(files) <= set(names)
+    assert dy("system", "check").stdout.startswith("ok: ")

@@ -40,6 +40,19 @@ def store(images: ImageStore, key: str, parent: str, image_id: str) -> None:
         )
 
 
+def hide(images: ImageStore, image_ids: set[str]) -> None:
+    """List `image_ids` as intermediate images (an entry naming each as a parent,
+    of no image), so a failed build leaves no <none> image in `images`."""
+    from dockyard.storage import db
+
+    with db.transaction(images.conn) as conn:
+        conn.executemany(
+            "INSERT OR REPLACE INTO build_cache (key, parent, image_id, created)"
+            " VALUES (?, ?, '', ?)",
+            [(step_key("unfinished", i), i, db.now()) for i in sorted(image_ids)],
+        )
+
+
 def intermediate_ids(images: ImageStore) -> set[str]:
     """Images the cache knows as some step's parent: hidden from `images` without -a."""
     return {r[0] for r in images.conn.execute("SELECT DISTINCT parent FROM build_cache")}

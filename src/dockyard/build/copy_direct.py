@@ -20,6 +20,7 @@ import contextlib
 import os
 import secrets
 import stat
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ def _copy_up(view: str, upper: str, rel: str) -> None:
         except FileNotFoundError:
             os.mkdir(dest, 0o755)
             os.chmod(dest, 0o755)
-            os.utime(dest, (0, 0))  # as the merged path's new directories (mtime 0)
+            now = time.time()
+            os.utime(dest, (now, now))  # made now, as Docker's (and the merged path's)
             continue
         if not stat.S_ISDIR(st.st_mode):
             raise _Fallback  # a file (or symlink) in the way: the merged view decides
@@ -114,9 +116,12 @@ def image_view(b: Builder, image_id: str, lease: Lease | None = None) -> Iterato
 
 
 def copy_direct(
-    b: Builder, st: Stage, placement: _Placement, key: str, created_by: str
+    b: Builder, st: Stage, placement: _Placement, key: str, created_by: str, donor_key: str
 ) -> str | None:
-    """The COPY as a new image; None when it must go through the merged view."""
+    """The COPY as a new image; None when it must go through the merged view.
+
+    `donor_key` names the same COPY on the same parent whatever its sources hold: the
+    tree of its last result lends the files that are still the same (hard links)."""
     from dockyard.build.steps import commit_snapshot_dir
 
     images = b.images
@@ -127,7 +132,8 @@ def copy_direct(
         try:
             with image_view(b, st.image_id, lease) as view:
                 upper = _upper(images.snapshots.prepare(active, chains[-1] if chains else None))
-                if not _prepare_tree(b, placement, view, upper):
+                donor = _donor_tree(b, donor_key, len(chains), lease)
+                if not _prepare_tree(b, placement, view, upper, donor):
                     return None
             image_id = commit_snapshot_dir(b, st, upper, active, created_by, lease)
             committed = True
@@ -135,10 +141,32 @@ def copy_direct(
             if not committed:
                 _remove_quietly(b, active)
     b.remember(key, st.image_id, image_id)
+    b.remember(donor_key, st.image_id, image_id)
     return image_id
 
 
-def _prepare_tree(b: Builder, placement: _Placement, view: str, upper: str) -> bool:
+def _donor_tree(b: Builder, donor_key: str, depth: int, lease: Lease) -> str | None:
+    """The directory of the COPY layer of the image last made under `donor_key`, kept
+    from garbage collection by `lease`; None if there is none (or it isn't unpacked)."""
+    from dockyard.storage.leases import SNAPSHOT
+    from dockyard.storage.snapshots import SnapshotNotFound
+
+    image_id = b.cached(donor_key)
+    if image_id is None:
+        return None
+    chains = b.images.get(image_id).chain_ids
+    if len(chains) != depth + 1:
+        return None  # not one layer on this parent (an old entry of another shape)
+    lease.add(SNAPSHOT, chains[-1])
+    try:
+        return b.images.snapshots.layer_dirs(chains[-1])[0]
+    except SnapshotNotFound:
+        return None
+
+
+def _prepare_tree(
+    b: Builder, placement: _Placement, view: str, upper: str, donor: str | None = None
+) -> bool:
     """Write the copy into `upper`; False when the merged view is needed instead."""
     dest_rel = resolve_in(view, placement.dest.lstrip("/"))
     into_dir = (
@@ -152,7 +180,7 @@ def _prepare_tree(b: Builder, placement: _Placement, view: str, upper: str) -> b
         _copy_up(view, upper, target_dir)
     except _Fallback:
         return False
-    placement.write(upper, look=view, dest=dest_rel, into_dir=into_dir)
+    placement.write(upper, look=view, dest=dest_rel, into_dir=into_dir, donor=donor)
     return True
 
 

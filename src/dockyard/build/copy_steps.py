@@ -15,6 +15,7 @@ import os
 import stat
 import tarfile
 import tempfile
+import time
 
 from dockyard.build.executor import BuildError
 
@@ -31,22 +32,26 @@ if TYPE_CHECKING:
 _GLOB = "*?["
 
 
-def dir_info(name: str, uid: int, gid: int, mode: int = 0o755) -> tarfile.TarInfo:
+def dir_info(name: str, uid: int, gid: int, mode: int = 0o755, mtime: float = 0) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE
     info.mode = mode
     info.uid, info.gid = uid, gid
+    info.mtime = mtime
     return info
 
 
 def write_tar(
-    root: str, members: list[tuple[tarfile.TarInfo, Callable[[], IO[bytes]] | None]]
+    root: str,
+    members: list[tuple[tarfile.TarInfo, Callable[[], IO[bytes]] | None]],
+    donor: str | None = None,
 ) -> None:
     """Write `members` into `root` with the layer code's safe extraction (paths through
-    directory fds, symlinks kept inside root); each file is opened only while copied."""
+    directory fds, symlinks kept inside root); each file is opened only while copied.
+    Files identical in the committed tree `donor` are hard-linked from there."""
     from dockyard.image.layer_entries import apply_entries
 
-    apply_entries(members, root, same_owner=True)
+    apply_entries(members, root, same_owner=True, donor=donor)
 
 
 def _owner(b: Builder, root: str, spec: str) -> tuple[int, int]:
@@ -205,9 +210,7 @@ def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = Fals
             "must be a directory and end with a /",
         )
     with contextlib.ExitStack() as stack:
-        downloads = stack.enter_context(
-            tempfile.TemporaryDirectory(dir=_tmp(b), prefix=b.tmp_prefix("add"))
-        )
+        downloads = b.scratch_dir(stack, "add")
         fetched = _fetch(b, ins, urls, downloads)
         if ref:
             source_image = _from_image(b, st, ref)
@@ -242,7 +245,8 @@ def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = Fals
                 v.cached()
                 return image_id
         else:
-            direct = None if add else copy_direct(b, st, placement, key, created_by)
+            donor_key = step_key(st.image_id, text, "donor")
+            direct = None if add else copy_direct(b, st, placement, key, created_by, donor_key)
             image_id = (
                 direct
                 if direct is not None
@@ -363,9 +367,11 @@ class _Placement:
         look: str | None = None,
         dest: str | None = None,
         into_dir: bool | None = None,
+        donor: str | None = None,
     ) -> None:
         """Write the sources into `root`. `look` (default `root`) is where the parent
-        image is seen: --chown names, whether the destination is a directory."""
+        image is seen: --chown names, whether the destination is a directory. `donor`:
+        an earlier result of the same step, whose identical files are hard-linked."""
         uid, gid = _owner(self.b, look or root, self.chown)
         _place(
             self.b,
@@ -380,6 +386,7 @@ class _Placement:
             src_root=self.src_root,
             exclude=self.exclude,
             into_dir=into_dir,
+            donor=donor,
         )
 
     def entries(
@@ -401,6 +408,7 @@ def _place(
     src_root: str | None,
     exclude: IgnoreMatcher | None = None,
     into_dir: bool | None = None,
+    donor: str | None = None,
 ) -> None:
     from dockyard.build.context import looks_like_archive
     from dockyard.build.steps import missing_dirs
@@ -413,7 +421,7 @@ def _place(
     target_dir = dest_rel if into_dir else ""
     parent = target_dir if into_dir else os.path.dirname(dest_rel)
     members: list[tuple[tarfile.TarInfo, Callable[[], IO[bytes]] | None]] = []
-    members += [(dir_info(r, 0, 0), None) for r in missing_dirs(root, parent)]
+    members += [(dir_info(r, 0, 0, mtime=time.time()), None) for r in missing_dirs(root, parent)]
     archives: list[Callable[[], IO[bytes]]] = []
     for s in sources:
         base = s.rel.rstrip("/").rsplit("/", 1)[-1]
@@ -434,7 +442,7 @@ def _place(
                             continue
             data = opener if stat.S_ISREG(st_.st_mode) else None
             members.append((_info(name, st_, link, uid, gid, mode), data))
-    write_tar(root, members)
+    write_tar(root, members, donor)
     if archives:
         from dockyard.image.layers import apply_layer
 

@@ -21,6 +21,7 @@ from dockyard.build.errors import DockerfileError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import contextlib
     from collections.abc import Callable
     from typing import Any
 
@@ -56,6 +57,10 @@ VERTEX_STEPS = ("run", "copy", "add", "workdir")
 
 class BuildError(Exception):
     """A build that can't go on (a missing stage or image, a bad flag); one line."""
+
+
+class BuildCanceled(BuildError):
+    """This stage stopped because another one failed (that one's error is reported)."""
 
 
 class BuildOptions:
@@ -188,6 +193,16 @@ class Builder:
         `system check` can tell from a live build's (engine/check.py)."""
         return f"build-{os.getpid()}-{what}-"
 
+    def scratch_dir(self, stack: contextlib.ExitStack[Any], what: str) -> str:
+        """A new directory under <root>/tmp named by `tmp_prefix`, gone when `stack` closes."""
+        import tempfile
+
+        tmp = os.path.join(self.root, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        return stack.enter_context(
+            tempfile.TemporaryDirectory(dir=tmp, prefix=self.tmp_prefix(what))
+        )
+
     def error(self, ins: Instruction, message: str) -> DockerfileError:
         return DockerfileError(message, ins.start_line, ins.end_line, ins.original, self.filename)
 
@@ -278,6 +293,16 @@ class Builder:
             for st in stages:
                 self.resolve_base(st)
             self.run_stages(stages)
+        except BaseException:
+            # What the failed build made stays as cache, listed only by `images -a`
+            # (BuildKit lists none of it; the classic builder left a <none> image).
+            from dockyard.build import cache
+
+            try:
+                cache.hide(self.images, {st.image_id for st in stages if st.image_id})
+            except Exception:
+                pass  # the build's own error is the one to report
+            raise
         finally:
             for eng in self.engines:
                 eng.close()
@@ -418,7 +443,7 @@ class Builder:
         st.image_id = image_id
         for ins in body:
             if self.failed.is_set():
-                raise BuildError("build canceled: another stage failed")
+                raise BuildCanceled("build canceled: another stage failed")
             self.dispatch(st, ins)
 
     def _check_platform(self, st: Stage, config: dict[str, Any]) -> None:
@@ -540,6 +565,21 @@ class Builder:
         return dict(self.images.get(st.image_id).config.get("config") or {})
 
     def dispatch(self, st: Stage, ins: Instruction) -> None:
+        """Run one instruction; a user's error inside it (a bad flag value, an unknown
+        user, a container that can't be made) is reported at its Dockerfile line."""
+        from dockyard.engine.containers import EngineError
+
+        vertex: list[Vertex] = []
+        try:
+            self._dispatch(st, ins, vertex)
+        except BuildCanceled:
+            raise
+        except (BuildError, EngineError) as err:
+            if vertex:
+                raise self.step_error(ins, vertex[0], str(err)) from None
+            raise self.error(ins, str(err)) from None
+
+    def _dispatch(self, st: Stage, ins: Instruction, vertex: list[Vertex]) -> None:
         from dockyard.build import steps
         from dockyard.build.expand import expand_instruction
 
@@ -547,6 +587,7 @@ class Builder:
         if cmd in VERTEX_STEPS:
             exp = expand_instruction(ins, self.scope(st), filename=self.filename)
             v = self.progress.vertex(self.prefix(st) + display(ins))
+            vertex.append(v)
             if cmd in ("copy", "add"):
                 from dockyard.build import copy_steps
 

@@ -190,7 +190,7 @@ def _source_image(b: Builder, st: Stage, ref: str) -> str:
     return dep.image_id if dep is not None else b.images.get(ref).id
 
 
-def _bind(source: str, target: str, readonly: bool) -> dict[str, Any]:
+def bind_mount(source: str, target: str, readonly: bool) -> dict[str, Any]:
     options = ["rbind", "ro" if readonly else "rw"]
     return {"destination": target, "type": "bind", "source": source, "options": options}
 
@@ -213,20 +213,18 @@ def prepared(
     mounts: list[dict[str, Any]] = []
     env: list[str] = []
     with contextlib.ExitStack() as stack:
-        tmp = os.path.join(b.root, "tmp")
-        os.makedirs(tmp, exist_ok=True)
 
         def scratch() -> str:
-            return stack.enter_context(
-                tempfile.TemporaryDirectory(dir=tmp, prefix=b.tmp_prefix("mount"))
-            )
+            return b.scratch_dir(stack, "mount")
 
         for m in specs:
             if m.type == "bind":
                 source = _bind_source(b, st, m, stack, scratch)
-                mounts.append(_bind(source, m.target, m.readonly))
+                mounts.append(bind_mount(source, m.target, m.readonly))
             elif m.type == "cache":
-                mounts.append(_bind(_cache_dir(b, st, m, stack, scratch), m.target, m.readonly))
+                mounts.append(
+                    bind_mount(_cache_dir(b, st, m, stack, scratch), m.target, m.readonly)
+                )
             elif m.type == "tmpfs":
                 options = ["nosuid", "nodev"] + ([f"size={m.size}"] if m.size else [])
                 mounts.append(
@@ -254,7 +252,7 @@ def prepared(
                         f.write(data)
                     os.chown(path, m.uid, m.gid)
                     os.chmod(path, m.mode)
-                    mounts.append(_bind(path, m.target, True))
+                    mounts.append(bind_mount(path, m.target, True))
             m.mounted = bool(m.target)
         yield mounts, env
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 
-from dockyard.build.executor import DEFAULT_SHELL, BuildError
+from dockyard.build.executor import DEFAULT_SHELL, BuildCanceled, BuildError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -90,15 +91,23 @@ def config_change(
     if cmd == "user":
         return f"USER {a[0]}", lambda c: c.__setitem__("User", a[0])
     if cmd == "stopsignal":
+        from dockyard.engine.hostconfig import parse_signal_name
+
+        parse_signal_name(a[0])  # Docker refuses an unknown signal at build time
         return f"STOPSIGNAL {a[0]}", lambda c: c.__setitem__("StopSignal", a[0])
     if cmd == "maintainer":
         author = " ".join(a)
         return f"MAINTAINER {author}", lambda c: None
     if cmd == "expose":
-        ports = []
+        from dockyard.network.ports import PortSpecError, parse_publish
+
+        ports: list[str] = []
         for p in a:
-            number, _, proto = p.partition("/")
-            ports.append(f"{number}/{proto.lower() or 'tcp'}")
+            try:
+                specs = parse_publish(p)
+            except PortSpecError as err:
+                raise b.error(ins, f"EXPOSE: {err}") from None
+            ports += [f"{port}/{proto}" for proto, _, _, port in specs]
 
         def expose(c: dict[str, Any]) -> None:
             c["ExposedPorts"] = {**(c.get("ExposedPorts") or {}), **{p: {} for p in ports}}
@@ -265,17 +274,44 @@ def commit_snapshot_dir(
 # ---------------------------------------------------------------------- RUN
 
 
-def _run_command(b: Builder, st: Stage, ins: Instruction) -> list[str]:
+# Where a `RUN <<EOF` script that starts with `#!` is mounted and run from (BuildKit's).
+HEREDOC_DIR = "/dev/pipes"
+
+
+def _run_command(
+    b: Builder, st: Stage, ins: Instruction
+) -> tuple[list[str], tuple[str, str] | None]:
+    """(the step's command, (name, text) of a `#!` heredoc to run as a file, or None)."""
     if ins.json:
-        return list(ins.args)
+        return list(ins.args), None
     shell = b.config(st).get("Shell") or DEFAULT_SHELL
     script = ins.args[0] if ins.args else ""
     docs = ins.heredocs
     if len(docs) == 1 and script.strip() in (f"<<{docs[0].name}", f"<<-{docs[0].name}"):
+        if docs[0].content.startswith("#!"):
+            # BuildKit runs it as an executable file, so its interpreter is the shebang's.
+            path = f"{HEREDOC_DIR}/{docs[0].name}"
+            return [*shell, path], (docs[0].name, docs[0].content)
         script = docs[0].content
     elif docs:
         script += "\n" + "".join(f"{h.content}{h.name}\n" for h in docs)
-    return [*shell, script]
+    return [*shell, script], None
+
+
+def _script_mount(b: Builder, stack: contextlib.ExitStack, name: str, text: str) -> dict[str, Any]:
+    """A read-only mount of HEREDOC_DIR holding the executable script `name`."""
+    directory = b.scratch_dir(stack, "heredoc")
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    os.chmod(directory, 0o755)
+    return {
+        "destination": HEREDOC_DIR,
+        "type": "bind",
+        "source": directory,
+        "options": ["rbind", "ro"],
+    }
 
 
 def _network(b: Builder, ins: Instruction) -> str:
@@ -316,7 +352,7 @@ def do_run(b: Builder, st: Stage, ins: Instruction, v: Vertex) -> str:
         raise b.step_error(
             ins, v, f"can't RUN {st.platform} programs on a {b.build_platform} host (no emulation)"
         )
-    command = _run_command(b, st, ins)
+    command, script = _run_command(b, st, ins)
     network = _network(b, ins)
     privileged = _privileged(b, ins)
     specs = run_mounts.parse_all(b, st, ins)
@@ -326,6 +362,8 @@ def do_run(b: Builder, st: Stage, ins: Instruction, v: Vertex) -> str:
         shown = f"|{len(build_env)} {' '.join(build_env)} {shown}"
     # What a mount brings in is part of the step: its flags, and for a bind its content.
     extra = [f"{ins.flag_values.get('network') or ''}", *run_mounts.cache_keys(b, st, specs)]
+    if script is not None:
+        extra.append(script[1])  # the command names only its path
     key = step_key(st.image_id, "RUN " + shown, *extra)
     hit = b.cached(key)
     if hit:
@@ -336,6 +374,8 @@ def do_run(b: Builder, st: Stage, ins: Instruction, v: Vertex) -> str:
     try:
         with contextlib.ExitStack() as stack:
             oci_mounts, secret_env = stack.enter_context(run_mounts.prepared(b, st, specs))
+            if script is not None:
+                oci_mounts = [*oci_mounts, _script_mount(b, stack, *script)]
             run_env = env + secret_env
             c = stack.enter_context(
                 container(b, st, command, run_env, network, oci_mounts, privileged)
@@ -343,7 +383,7 @@ def do_run(b: Builder, st: Stage, ins: Instruction, v: Vertex) -> str:
             code = _run(b, c.id, v)
             if code != 0:
                 if b.failed.is_set():
-                    raise BuildError("build canceled: another stage failed")
+                    raise BuildCanceled("build canceled: another stage failed")
                 message = (
                     f'process "{" ".join(command)}" did not complete successfully:'
                     f" exit code: {code}"
@@ -385,10 +425,14 @@ def do_workdir(b: Builder, st: Stage, ins: Instruction, v: Vertex) -> str:
     from dockyard.build.cache import step_key
     from dockyard.build.copy_steps import dir_info, write_tar
     from dockyard.engine.copy import _container_root
+    from dockyard.engine.users import resolve
 
-    current = b.config(st).get("WorkingDir") or "/"
+    config = b.config(st)
+    current = config.get("WorkingDir") or "/"
     path = os.path.normpath(os.path.join(current, ins.args[0]))
-    key = step_key(st.image_id, f"WORKDIR {path}")
+    # BuildKit makes the missing directories as the stage's USER.
+    user = config.get("User") or ""
+    key = step_key(st.image_id, f"WORKDIR {path}", user)
     hit = b.cached(key)
     if hit:
         v.cached()
@@ -401,7 +445,9 @@ def do_workdir(b: Builder, st: Stage, ins: Instruction, v: Vertex) -> str:
         with _container_root(b.engine, c, True) as root:
             missing = missing_dirs(root, path)
             if missing:
-                write_tar(root, [(dir_info(rel, 0, 0), None) for rel in missing])
+                uid, gid = resolve(user, [root])[:2] if user else (0, 0)
+                now = time.time()
+                write_tar(root, [(dir_info(rel, uid, gid, mtime=now), None) for rel in missing])
         if missing:
             st.image_id = finish(b, st, c, key + "-layer", f"/bin/sh -c #(nop) WORKDIR {path}")
     image_id = b.new_image(st.image_id, f"/bin/sh -c #(nop) WORKDIR {path}", set_dir)
