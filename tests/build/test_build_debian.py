@@ -63,3 +63,49 @@ def test_onbuild_triggers_run_in_the_child(dy: Dockyard, tmp_path: Path) -> None
     assert "[2/4] COPY app.txt /app.txt" in out
     inspect = dy("image", "inspect", "-f", "{{json .Config.OnBuild}}", "onbuild-child").stdout
     assert inspect.strip() in ("null", "[]")
+
+
+def test_debian_multi_stage_heredocs_mounts_and_config(
+    dy: Dockyard, tmp_path: Path, debian_image: Path
+) -> None:
+    dy("import", str(debian_image), "debian:bookworm")
+    ctx = _ctx(
+        tmp_path,
+        "# syntax=docker/dockerfile:1\n"
+        "ARG BASE=debian:bookworm\n"
+        "FROM $BASE AS build\n"
+        "ARG GREETING=hi\n"
+        "ENV OUT=/out\n"
+        "RUN <<EOF\n"
+        "#!/bin/bash\n"
+        "set -euo pipefail\n"
+        'mkdir -p "$OUT"; echo "${GREETING} from ${BASH_VERSION%%.*}" > "$OUT/msg"\n'
+        "EOF\n"
+        "COPY --exclude=*.tmp src/ /src/\n"
+        "RUN --mount=type=tmpfs,target=/work --network=none"
+        " cp /src/* /work/ && ls /work > $OUT/listing && ls /sys/class/net > $OUT/net\n"
+        "FROM build AS test\n"
+        "RUN echo tested > /out/tested\n"
+        "FROM $BASE\n"
+        "COPY --from=build /out/ /app/\n"
+        "RUN --mount=type=bind,from=test,source=/out/tested,target=/t cat /t\n"
+        "LABEL org.opencontainers.image.title=app\n"
+        "EXPOSE 8080\n"
+        'HEALTHCHECK --interval=30s --timeout=3s CMD ["test", "-f", "/app/msg"]\n'
+        "STOPSIGNAL SIGTERM\n"
+        'CMD ["cat", "/app/msg", "/app/listing", "/app/net"]\n',
+        {"src/a.c": "int a;\n", "src/b.c": "int b;\n", "src/junk.tmp": "x\n"},
+    )
+    out = dy("build", "--build-arg", "GREETING=hello", "-t", "deb-multi", str(ctx)).stderr
+    assert said(out, "tested")  # the test stage ran, since the last one mounts from it
+    shown = dy("run", "--rm", "deb-multi").stdout
+    assert shown == "hello from 5\na.c\nb.c\nlo\n"
+    config = dy("image", "inspect", "-f", "{{json .Config}}", "deb-multi").stdout
+    assert '"org.opencontainers.image.title":"app"' in config and '"8080/tcp":{}' in config
+    assert '"Test":["CMD","test","-f","/app/msg"]' in config and '"StopSignal":"SIGTERM"' in config
+    # --target stops at the build stage: its files, none of the final stage's config
+    dy("build", "--target", "build", "--build-arg", "GREETING=hello", "-t", "deb-build", str(ctx))
+    got = dy("run", "--rm", "deb-build", "sh", "-c", "cat /out/msg; ls /out").stdout
+    assert got == "hello from 5\nlisting\nmsg\nnet\n"
+    inspect = dy("image", "inspect", "-f", "{{json .Config.ExposedPorts}}", "deb-build").stdout
+    assert inspect.strip() == "null"
