@@ -132,6 +132,34 @@ def test_symlinks_are_not_followed(tmp_path: Path) -> None:
     assert not entries["out"].is_dir()
 
 
+def test_resolve_follows_symlinks_inside_the_context(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"d1/one": "1", "d1/sub/two": "2"})
+    outside = tmp_path.parent / (tmp_path.name + "-outside")
+    outside.mkdir(exist_ok=True)
+    (outside / "secret").write_text("s")
+    (tmp_path / "linkdir").symlink_to("d1")
+    (tmp_path / "abs").symlink_to("/d1/one")  # absolute: from the context's root
+    (tmp_path / "d1" / "up").symlink_to("../../../..")  # `..` stops at the root
+    (tmp_path / "out").symlink_to(outside)
+    (tmp_path / "loop").symlink_to("loop")
+    ctx = DirContext(tmp_path)
+    assert ctx.resolve("linkdir/sub/two") == "d1/sub/two"
+    assert ctx.resolve("linkdir") == "d1" and ctx.resolve("linkdir", follow_last=False) == "linkdir"
+    assert ctx.resolve("abs") == "d1/one"
+    assert ctx.resolve("d1/up/d1/one") == "d1/one" and ctx.resolve("d1/up") == "."
+    assert ctx.resolve("out/secret") == outside.as_posix().lstrip("/") + "/secret"
+    assert ctx.resolve("missing/x") == "missing/x"
+    with pytest.raises(ContextError, match="too many levels"):
+        ctx.resolve("loop")
+    # the walk resolves the way to its start the same way, so no link leads out
+    assert names(ctx.walk("linkdir/one")) == ["d1/one"]
+    with pytest.raises(ContextError, match="not found"):
+        list(ctx.walk("out/secret"))
+    tar = TarContext(io.BytesIO(make_tar(TAR_MEMBERS, "w")))
+    assert tar.resolve("current/main.go") == "src/main.go"
+    assert names(tar.walk("current/main.go")) == ["src/main.go"]
+
+
 def test_walk_start_subpath_and_errors(tmp_path: Path) -> None:
     make_tree(tmp_path, TREE)
     matcher = IgnoreMatcher.from_lines(["a/c"])

@@ -52,3 +52,60 @@ def test_copy_against_the_parent_tree(dy: Dockyard, tmp_path: Path) -> None:
         "",
     ]
     dy("system", "check")
+
+
+def test_symlinked_sources_are_followed_inside_their_scope(dy: Dockyard, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("host secret\n")
+    ctx = _ctx(
+        tmp_path,
+        "FROM busybox\n"
+        "COPY link.txt /file-link\n"
+        "COPY linkdir /dir-link/\n"
+        "COPY linkdir/one /through-link\n"
+        "COPY *.txt /globbed/\n"
+        "COPY tree /tree/\n"
+        'CMD ["sh"]\n',
+        {"a.txt": "A\n", "d1/one": "1\n", "tree/x": "X\n"},
+    )
+    (ctx / "link.txt").symlink_to("a.txt")
+    (ctx / "linkdir").symlink_to("d1")
+    (ctx / "tree" / "kept").symlink_to("x")
+    dy("build", "-t", "symlinks", str(ctx))
+    script = (
+        "cat /file-link /dir-link/one /through-link /globbed/link.txt;"
+        " test -L /file-link || echo file-followed; test -L /tree/kept && echo nested-kept"
+    )
+    out = dy("run", "--rm", "symlinks", "sh", "-c", script).stdout
+    assert out == "A\n1\n1\nA\nfile-followed\nnested-kept\n"
+    # A link out of the context resolves inside it (as Docker's FollowSymlinkInScope):
+    # the host's file is never read.
+    (ctx / "escape").symlink_to(outside)
+    (ctx / "escape-file").symlink_to(outside / "secret")
+    for source in ("escape/secret", "escape-file"):
+        (ctx / "Dockerfile").write_text(f"FROM busybox\nCOPY {source} /stolen\n")
+        failed = dy("build", str(ctx), check=False)
+        assert failed.returncode == 1
+        assert f"file not found in build context or excluded: {source}" in failed.stderr
+
+
+def test_from_image_sources_resolve_links_in_the_image(dy: Dockyard, tmp_path: Path) -> None:
+    host = tmp_path / "hostdir"
+    host.mkdir()
+    (host / "f").write_text("from the host\n")
+    ctx = _ctx(
+        tmp_path,
+        "FROM busybox AS s\n"
+        f"RUN mkdir -p {host} /d && echo in-image > {host}/f && ln -s {host} /abs"
+        f" && ln -s {host}/f /abs-file && touch /d/.hidden /d/vis && ln -s /d /dl\n"
+        "FROM busybox\n"
+        "COPY --from=s /abs/f /via-dir\n"
+        "COPY --from=s /abs-file /via-file\n"
+        "COPY --from=s /dl/* /globbed/\n"
+        "COPY --from=s /abs/* /globbed-through/\n",
+    )
+    dy("build", "-t", "image-links", str(ctx))
+    script = "cat /via-dir /via-file /globbed-through/f; ls -A /globbed"
+    out = dy("run", "--rm", "image-links", "sh", "-c", script).stdout
+    assert out == "in-image\nin-image\nin-image\n.hidden\nvis\n"

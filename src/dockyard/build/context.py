@@ -4,7 +4,8 @@ A context is a directory (`DirContext`) or a tar archive — a file or the `-` s
 plain or gzip/bzip2/xz/zstd compressed (`TarContext`). `walk()` yields `Entry`
 (relpath, lstat, link target) depth first, each directory's names sorted by their bytes
 (the order of Go's `filepath.WalkDir`, so `a`, `a/b`, `a.txt`), never following
-symlinks, with the .dockerignore matcher applied as BuildKit's fsutil applies it:
+symlinks (the way to the start is resolved inside the context: `resolve`, Docker's
+FollowSymlinkInScope), with the .dockerignore matcher applied as BuildKit's fsutil applies it:
 an excluded entry is left out; an excluded directory is pruned unless an exception
 could re-include something below it, and a directory that was excluded but holds a
 re-included entry is yielded just before that entry.
@@ -170,11 +171,38 @@ class _Context:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def resolve(self, rel: str, follow_last: bool = True) -> str:
+        """`rel` with its symlinks resolved inside the context, as Docker's
+        FollowSymlinkInScope: a link's absolute target starts at the context's root and
+        `..` stops there, so no link leads out. The last component is kept as a link
+        unless `follow_last`; from a missing component on, the path is kept as written."""
+        todo = [p for p in normalize_relpath(rel).split("/") if p not in ("", ".")]
+        done = ""
+        hops = 0
+        while todo:
+            here = normalize_relpath(f"/{done}/{todo.pop(0)}")  # '..' stops at the root
+            entry = None if (not todo and not follow_last) or here == "." else self._entry(here)
+            if entry is None or not stat.S_ISLNK(entry.stat.st_mode):
+                done = "" if here == "." else here
+                if entry is None and todo and here != ".":
+                    return normalize_relpath("/".join([here, *todo]))
+                continue
+            hops += 1
+            if hops > _MAX_SYMLINK_HOPS:
+                raise ContextError(f"{rel}: too many levels of symbolic links")
+            base = "" if entry.linkname.startswith("/") else done
+            todo = [p for p in f"{base}/{entry.linkname}".split("/") if p] + todo
+            done = ""
+        return done or "."
+
     def walk(self, start: str = ".") -> Iterator[Entry]:
-        """The entries at and below `start` that COPY would see, in walk order."""
+        """The entries at and below `start` that COPY would see, in walk order. The
+        directories on the way to `start` are resolved inside the context (`resolve`),
+        so a symlink among them never leads out of it."""
         top = normalize_relpath(start)
         if top.startswith("../") or top == "..":
             raise ContextError(f"{start}: outside the build context")
+        top = self.resolve(top, follow_last=False)
         matcher = self.matcher if self.matcher else None
         pending: list[Entry] = []  # excluded directories not yet yielded
         stack: list[tuple[Iterator[Entry], Info, Entry | None]] = []

@@ -78,8 +78,11 @@ class _Source:
         host_path: str | None = None,
         mtime: int = 0,
         digest: str = "",
+        path: str | None = None,
     ) -> None:
-        self.rel = rel
+        self.rel = rel  # as the Dockerfile names it: a file keeps this base name
+        # where it is read, its symlinks resolved in the context's (or image's) scope
+        self.path = rel if path is None else path
         self.is_dir = is_dir
         self.data = data  # a heredoc's content
         self.host_path = host_path  # a downloaded file (ADD <url>): mode 0600, not unpacked
@@ -88,44 +91,89 @@ class _Source:
 
 
 def _context_sources(b: Builder, pattern: str) -> list[_Source]:
+    """The context paths `pattern` names. A source that is a symlink is followed inside
+    the context (Docker's FollowSymlinkInScope): its target's content is copied under
+    the link's name; links below a copied directory stay links."""
     from dockyard.build.context import ContextError
     from dockyard.build.dockerignore import normalize_relpath
 
     rel = normalize_relpath(pattern)
+    if rel == ".." or rel.startswith("../"):
+        raise BuildError(f"COPY failed: forbidden path outside the build context: {pattern}")
     if any(ch in rel for ch in _GLOB):
         depth = rel.count("/")
-        found = [
-            _Source(e.relpath, e.is_dir())
+        names = [
+            e.relpath
             for e in b.context.walk(".")
             if e.relpath.count("/") == depth and fnmatch.fnmatchcase(e.relpath, rel)
         ]
-        if not found:
+        if not names:
             raise BuildError(f"COPY failed: no source files were specified ({pattern})")
-        return found
-    if rel == ".." or rel.startswith("../"):
-        raise BuildError(f"COPY failed: forbidden path outside the build context: {pattern}")
-    if rel == ".":
-        return [_Source(".", True)]  # the whole context (walk(".") yields its children)
-    try:
-        first = next(iter(b.context.walk(rel)), None)
-    except ContextError:
-        first = None
-    if first is None:
-        raise BuildError(f"COPY failed: file not found in build context or excluded: {pattern}")
-    return [_Source(first.relpath, first.is_dir())]
+    else:
+        names = [rel]
+    found = []
+    for name in names:
+        if name == ".":
+            found.append(_Source(".", True))  # the whole context: walk(".") gives its children
+            continue
+        try:
+            real = b.context.resolve(name)
+            first = None if real == "." else next(iter(b.context.walk(real)), None)
+        except ContextError:
+            first = None
+        if real == ".":
+            found.append(_Source(name, True, path="."))
+        elif first is None:
+            raise BuildError(f"COPY failed: file not found in build context or excluded: {pattern}")
+        else:
+            found.append(_Source(name, first.is_dir(), path=first.relpath))
+    return found
 
 
 def _image_sources(root: str, pattern: str) -> list[_Source]:
-    import glob
+    """The paths `pattern` names in an image's root file system `root`, every symlink
+    on the way (and a source that is one) resolved as if `root` were `/`."""
+    from dockyard.build.copy_direct import resolve_in
+    from dockyard.runtime.errors import RuntimeFailure
 
     rel = os.path.normpath("/" + pattern).lstrip("/") or "."
-    if any(ch in rel for ch in _GLOB):
-        names = [os.path.relpath(p, root) for p in glob.glob(os.path.join(root, rel))]
-    else:
-        names = [rel] if os.path.lexists(os.path.join(root, rel)) else []
-    if not names:
+    try:
+        names = _scoped_glob(root, rel) if any(ch in rel for ch in _GLOB) else [rel]
+        reals = [resolve_in(root, name) if name != "." else "" for name in names]
+    except RuntimeFailure as err:  # a symlink loop
+        raise BuildError(f"COPY failed: {pattern}: {err}") from None
+    found = []
+    for name, real in zip(names, reals, strict=True):
+        if real and not os.path.lexists(os.path.join(root, real)):
+            continue
+        path = os.path.join(root, real) if real else root
+        found.append(_Source(name, os.path.isdir(path), path=real or "."))
+    if not found:
         raise BuildError(f"COPY failed: stat {pattern}: file does not exist")
-    return [_Source(n, os.path.isdir(os.path.join(root, n))) for n in names]
+    return found
+
+
+def _scoped_glob(root: str, rel: str) -> list[str]:
+    """The paths under `root` matching `rel` component by component (as the kernel
+    would not: a symlink on the way is resolved inside `root`), sorted."""
+    from dockyard.build.copy_direct import resolve_in
+
+    matches = [""]
+    for part in rel.split("/"):
+        step = []
+        for have in matches:
+            here = resolve_in(root, have) if have else ""
+            if not any(ch in part for ch in _GLOB):
+                step.append(f"{have}/{part}" if have else part)
+                continue
+            try:
+                listing = sorted(os.listdir(os.path.join(root, here) if here else root))
+            except OSError:
+                continue
+            # Go's filepath.Match, as BuildKit's: `*` matches a leading dot too
+            step += [f"{have}/{e}" if have else e for e in listing if fnmatch.fnmatchcase(e, part)]
+        matches = step
+    return [m for m in matches if m]
 
 
 def _from_image(b: Builder, st: Stage, ref: str) -> str:
@@ -221,7 +269,7 @@ def do_copy(b: Builder, st: Stage, ins: Instruction, v: Vertex, add: bool = Fals
                 sources = [s for pattern in srcs for s in _context_sources(b, pattern)]
             except BuildError as err:
                 raise b.step_error(ins, v, str(err)) from None
-            digests = [content_digest(b.context, s.rel) for s in sources]
+            digests = [content_digest(b.context, s.path) for s in sources]
         digests += [f"{s.rel}\0{s.data!r}" for s in inline]
         digests += [f"{s.rel}\0{s.digest}\0{s.mtime}" for s in fetched]
         sources += inline + fetched
@@ -427,7 +475,7 @@ def _place(
         base = s.rel.rstrip("/").rsplit("/", 1)[-1]
         for rel, st_, link, opener in _entries(b, s, src_root):
             if s.is_dir:
-                sub = rel[len(s.rel) :].lstrip("/") if s.rel != "." else rel
+                sub = rel[len(s.path) :].lstrip("/") if s.path != "." else rel
                 if not sub or (exclude is not None and exclude.matches(sub)):
                     continue
                 name = _join(target_dir, sub)
@@ -491,14 +539,14 @@ def _entries(
         yield s.rel, fake, "", lambda: io.BytesIO(data)
         return
     if src_root is None:
-        for e in b.context.walk(s.rel):
+        for e in b.context.walk(s.path):
 
             def opener(e: Any = e) -> IO[bytes]:
                 return b.context.open_entry(e)
 
             yield e.relpath, e.stat, e.linkname, opener  # type: ignore[misc]
         return
-    top = os.path.join(src_root, s.rel)
+    top = os.path.join(src_root, s.path) if s.path != "." else src_root
     paths = [top]
     if s.is_dir and not os.path.islink(top):
         for dirpath, dirnames, filenames in os.walk(top):
