@@ -251,6 +251,10 @@ def test_stdin_dockerfile_alone_and_tar_with_dockerignore(dy: Dockyard, tmp_path
         ("FROM busybox\nSTOPSIGNAL SIGNOPE\n", "Dockerfile:2: Invalid signal: SIGNOPE"),
         ("FROM busybox\nEXPOSE http\n", "Dockerfile:2: EXPOSE: invalid container port 'http'"),
         ("FROM busybox\nRUN echo partial > /p; exit 4\n", "exit code: 4"),
+        (
+            "FROM busybox\nRUN --mount=type=bind,source=nowhere,target=/x true\n",
+            "Dockerfile:2: nowhere: not found in the build context",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(

@@ -66,6 +66,7 @@ def test_symlinked_sources_are_followed_inside_their_scope(dy: Dockyard, tmp_pat
         "COPY linkdir/one /through-link\n"
         "COPY *.txt /globbed/\n"
         "COPY tree /tree/\n"
+        "RUN --mount=type=bind,source=linkdir,target=/m cat /m/one > /from-mount\n"
         'CMD ["sh"]\n',
         {"a.txt": "A\n", "d1/one": "1\n", "tree/x": "X\n"},
     )
@@ -74,11 +75,11 @@ def test_symlinked_sources_are_followed_inside_their_scope(dy: Dockyard, tmp_pat
     (ctx / "tree" / "kept").symlink_to("x")
     dy("build", "-t", "symlinks", str(ctx))
     script = (
-        "cat /file-link /dir-link/one /through-link /globbed/link.txt;"
+        "cat /file-link /dir-link/one /through-link /globbed/link.txt /from-mount;"
         " test -L /file-link || echo file-followed; test -L /tree/kept && echo nested-kept"
     )
     out = dy("run", "--rm", "symlinks", "sh", "-c", script).stdout
-    assert out == "A\n1\n1\nA\nfile-followed\nnested-kept\n"
+    assert out == "A\n1\n1\nA\n1\nfile-followed\nnested-kept\n"
     # A link out of the context resolves inside it (as Docker's FollowSymlinkInScope):
     # the host's file is never read.
     (ctx / "escape").symlink_to(outside)

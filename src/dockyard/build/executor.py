@@ -567,6 +567,8 @@ class Builder:
     def dispatch(self, st: Stage, ins: Instruction) -> None:
         """Run one instruction; a user's error inside it (a bad flag value, an unknown
         user, a container that can't be made) is reported at its Dockerfile line."""
+        from dockyard.build.context import ContextError
+        from dockyard.build.mounts import MountError
         from dockyard.engine.containers import EngineError
 
         vertex: list[Vertex] = []
@@ -574,7 +576,7 @@ class Builder:
             self._dispatch(st, ins, vertex)
         except BuildCanceled:
             raise
-        except (BuildError, EngineError) as err:
+        except (BuildError, ContextError, MountError, EngineError) as err:
             if vertex:
                 raise self.step_error(ins, vertex[0], str(err)) from None
             raise self.error(ins, str(err)) from None

@@ -181,7 +181,7 @@ def cache_keys(b: Builder, st: Stage, specs: list[RunMount]) -> list[str]:
             if m.source_from:
                 keys.append(_source_image(b, st, m.source_from))
             else:
-                keys.append(content_digest(b.context, m.source or "."))
+                keys.append(content_digest(b.context, b.context.resolve(m.source or ".")))
     return keys
 
 
@@ -272,8 +272,8 @@ def _bind_source(
         return copy
     from dockyard.build.context import DirContext
 
-    rel = m.source or "."
     ctx = b.context
+    rel = ctx.resolve(m.source or ".")  # links inside the context's scope, as COPY's
     if isinstance(ctx, DirContext) and not ctx.matcher and m.readonly:
         return _inside(ctx.root, rel)  # nothing excluded: the context itself, read-only
     copy = os.path.join(scratch(), "src")
