@@ -95,18 +95,23 @@ def test_from_image_sources_resolve_links_in_the_image(dy: Dockyard, tmp_path: P
     host = tmp_path / "hostdir"
     host.mkdir()
     (host / "f").write_text("from the host\n")
+    (host / "made").mkdir()  # the image lacks it: WORKDIR must make it there
     ctx = _ctx(
         tmp_path,
         "FROM busybox AS s\n"
         f"RUN mkdir -p {host} /d && echo in-image > {host}/f && ln -s {host} /abs"
         f" && ln -s {host}/f /abs-file && touch /d/.hidden /d/vis && ln -s /d /dl\n"
+        "WORKDIR /abs/made\n"
+        "RUN pwd > here\n"
         "FROM busybox\n"
+        "COPY --from=s /abs/made/here /workdir-here\n"
         "COPY --from=s /abs/f /via-dir\n"
         "COPY --from=s /abs-file /via-file\n"
         "COPY --from=s /dl/* /globbed/\n"
         "COPY --from=s /abs/* /globbed-through/\n",
     )
     dy("build", "-t", "image-links", str(ctx))
-    script = "cat /via-dir /via-file /globbed-through/f; ls -A /globbed"
+    script = "cat /via-dir /via-file /globbed-through/f /workdir-here; ls -A /globbed"
     out = dy("run", "--rm", "image-links", "sh", "-c", script).stdout
-    assert out == "in-image\nin-image\nin-image\n.hidden\nvis\n"
+    assert out == f"in-image\nin-image\nin-image\n{host}/made\n.hidden\nvis\n"
+    assert not (host / "made" / "here").exists()

@@ -412,7 +412,11 @@ def _run(b: Builder, cid: str, v: Vertex) -> int:
 
 
 def missing_dirs(root: str, path: str) -> list[str]:
-    parts = [p for p in path.split("/") if p]
+    """The directories on `path` that `root` lacks, outermost first, as paths in `root`
+    with its symlinks resolved inside it (an image's absolute link is not the host's)."""
+    from dockyard.build.copy_direct import resolve_in
+
+    parts = [p for p in resolve_in(root, path).split("/") if p]
     missing = []
     for i in range(1, len(parts) + 1):
         rel = "/".join(parts[:i])
