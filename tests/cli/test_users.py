@@ -29,6 +29,21 @@ def test_resolve_from_layers(tmp_path: Path) -> None:
             raise AssertionError(f"{bad} resolved")
 
 
+def test_links_in_a_layer_never_lead_to_the_host_files(tmp_path: Path) -> None:
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (host / "passwd").write_text("hostonly:x:4242:4242::/:/bin/sh\n")
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "etc").symlink_to(host)  # an image's /etc -> an absolute path
+    try:
+        resolve("hostonly", [str(layer)])
+    except UserError:
+        pass
+    else:
+        raise AssertionError("a user was found in the host's file")
+
+
 def test_user_names_and_image_user(dy: Dockyard) -> None:
     assert dy("run", "--rm", "-u", "nobody", "busybox", "id").stdout == (
         "uid=65534(nobody) gid=65534(nobody)\n"

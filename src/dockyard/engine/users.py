@@ -16,8 +16,10 @@ class UserError(ValueError):
 def _read(layer_dirs: list[str], path: str) -> list[list[str]]:
     for directory in layer_dirs:
         candidate = os.path.join(directory, path)
-        # A symlink in a layer could point anywhere on the host: only plain files count.
-        if os.path.isfile(candidate) and not os.path.islink(candidate):
+        # A symlink in a layer (the file, or a directory on the way) could point anywhere
+        # on the host: only a plain file reached without one counts.
+        inside = os.path.realpath(candidate) == os.path.join(os.path.realpath(directory), path)
+        if inside and os.path.isfile(candidate):
             with open(candidate, encoding="utf-8", errors="replace") as f:
                 return [line.rstrip("\n").split(":") for line in f if line.strip()]
     return []
