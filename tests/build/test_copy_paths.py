@@ -84,7 +84,8 @@ def test_symlinked_sources_are_followed_inside_their_scope(dy: Dockyard, tmp_pat
     # the host's file is never read.
     (ctx / "escape").symlink_to(outside)
     (ctx / "escape-file").symlink_to(outside / "secret")
-    for source in ("escape/secret", "escape-file"):
+    (ctx / "loop").symlink_to("loop")
+    for source in ("escape/secret", "escape-file", "loop"):
         (ctx / "Dockerfile").write_text(f"FROM busybox\nCOPY {source} /stolen\n")
         failed = dy("build", str(ctx), check=False)
         assert failed.returncode == 1

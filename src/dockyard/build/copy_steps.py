@@ -119,8 +119,8 @@ def _context_sources(b: Builder, pattern: str) -> list[_Source]:
         try:
             real = b.context.resolve(name)
             first = None if real == "." else next(iter(b.context.walk(real)), None)
-        except ContextError:
-            first = None
+        except ContextError:  # excluded, or a symlink loop
+            real, first = "", None
         if real == ".":
             found.append(_Source(name, True, path="."))
         elif first is None:

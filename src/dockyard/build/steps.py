@@ -306,12 +306,9 @@ def _script_mount(b: Builder, stack: contextlib.ExitStack, name: str, text: str)
         f.write(text)
     os.chmod(path, 0o755)
     os.chmod(directory, 0o755)
-    return {
-        "destination": HEREDOC_DIR,
-        "type": "bind",
-        "source": directory,
-        "options": ["rbind", "ro"],
-    }
+    from dockyard.build.mounts import bind_mount
+
+    return bind_mount(directory, HEREDOC_DIR, readonly=True)
 
 
 def _network(b: Builder, ins: Instruction) -> str:
